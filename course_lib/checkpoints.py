@@ -1,0 +1,135 @@
+"""The checkpoint store: safetensors weights, a JSON config, and a sha256 in ``data/manifest.json``.
+
+Defined in notebook 00_welcome. Nothing here unpickles: weights are safetensors, configs JSON.
+
+    save_checkpoint(model, "digit_classifier", config={...}, command="python scripts/...")
+    model = load_checkpoint("digit_classifier", DigitClassifier)   # builds from the saved config
+
+Loading checks the file's sha256 against the manifest and that every tensor fits the model, and
+says exactly what is wrong when something does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .paths import data_dir
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupted, or does not fit the model it is loaded into."""
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file. Defined in notebook 00_welcome."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(folder: str | Path | None = None) -> dict[str, Any]:
+    """The manifest of shipped checkpoints: name -> files, sha256, command. Defined in notebook 00_welcome."""
+    path = Path(folder or data_dir()) / MANIFEST
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def save_checkpoint(model: torch.nn.Module, name: str, *, config: dict[str, Any],
+                    folder: str | Path | None = None, command: str | None = None,
+                    metrics: dict[str, Any] | None = None) -> Path:
+    """Save ``model``'s weights as ``NAME.safetensors`` and ``config`` as ``NAME.json``, and record
+    the weights' sha256 in the folder's manifest. ``config`` must be JSON (it is what rebuilds the
+    model); ``command`` says how the weights were made; ``metrics`` what they measured.
+
+    Defined in notebook 00_welcome.
+    """
+    folder = Path(folder or data_dir())
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{name}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights))
+    meta = {"config": config, "command": command, "metrics": metrics or {}}
+    (folder / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    manifest = read_manifest(folder)
+    manifest[name] = {"weights": weights.name, "config": f"{name}.json", "sha256": sha256_of(weights),
+                      "bytes": weights.stat().st_size, "command": command}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return weights
+
+
+def load_weights(name: str, folder: str | Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The verified state dict and metadata (config, command, metrics) of a stored checkpoint.
+
+    Defined in notebook 00_welcome.
+    """
+    folder = Path(folder or data_dir())
+    manifest = read_manifest(folder)
+    if name not in manifest:
+        known = ", ".join(sorted(manifest)) or "none"
+        raise CheckpointError(f"no checkpoint named {name!r} in {folder / MANIFEST}; known checkpoints: {known}")
+    entry = manifest[name]
+    weights = folder / entry["weights"]
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is listed in the manifest but missing; make it again with: "
+                              f"{entry.get('command') or 'its training script'}")
+    digest = sha256_of(weights)
+    if digest != entry["sha256"]:
+        raise CheckpointError(
+            f"{weights.name} does not match its checksum in the manifest (sha256 {digest[:12]}... "
+            f"!= {entry['sha256'][:12]}...): the file is corrupted or was changed by hand. Restore it "
+            f"with `git checkout -- data/{weights.name}`, or make it again with: {entry.get('command')}")
+    meta = json.loads((folder / entry["config"]).read_text())
+    return load_file(str(weights)), meta
+
+
+def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str = "checkpoint"
+                            ) -> torch.nn.Module:
+    """Load ``state`` into ``model`` after checking that every key and shape fits; the error lists
+    missing and unexpected keys and shape mismatches. Defined in notebook 00_welcome."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (and {len(items) - 5} more)" if len(items) > 5 else "")
+        parts = [f"{len(missing)} missing keys: {show(missing)}" if missing else "",
+                 f"{len(unexpected)} unexpected keys: {show(unexpected)}" if unexpected else "",
+                 f"{len(wrong)} shape mismatches: {show(wrong)}" if wrong else ""]
+        raise CheckpointError(f"the {what} does not fit {type(model).__name__}: "
+                              + "; ".join(p for p in parts if p)
+                              + ". Build the model with the configuration the checkpoint was saved with.")
+    model.load_state_dict(state)
+    return model
+
+
+def load_checkpoint(name: str, model: torch.nn.Module | Callable[..., torch.nn.Module],
+                    folder: str | Path | None = None, map_location: str | torch.device = "cpu"
+                    ) -> torch.nn.Module:
+    """Load a stored checkpoint. ``model`` is either a module to fill, or a class/function that
+    builds one from the saved config (``model(**config)``). Returns the model in eval mode.
+
+    Defined in notebook 00_welcome.
+    """
+    state, meta = load_weights(name, folder)
+    if not isinstance(model, torch.nn.Module):
+        try:
+            model = model(**meta["config"])
+        except TypeError as e:
+            raise CheckpointError(f"the config saved with {name!r} ({meta['config']}) cannot build "
+                                  f"{getattr(model, '__name__', model)}: {e}") from e
+    load_state_dict_checked(model, state, what=f"checkpoint {name!r}")
+    return model.to(map_location).eval()

@@ -1,0 +1,251 @@
+"""The course's judges: a digit classifier for MNIST-5k and an attribute network for ShapeWorld.
+
+Defined in notebook 00_welcome. Both are trained by scripts in ``scripts/`` and shipped in
+``data/``; every later notebook uses them to measure samples (Frechet distance on their features,
+prompt adherence from the attribute network's object list).
+
+The ShapeWorld judge is a small fully convolutional network that labels every pixel with a shape
+class and a colour class (0 = background). Connected regions of its foreground are the objects
+it sees, which makes counting, positions and colour binding checkable (see ``adherence``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoints import load_checkpoint
+from .utils import progress
+
+DIGIT_CLASSIFIER = "digit_classifier"
+ATTRIBUTE_NET = "shapeworld_attribute_net"
+
+
+# ----------------------------------------------------------------------------------------------
+# MNIST digits
+# ----------------------------------------------------------------------------------------------
+class DigitClassifier(nn.Module):
+    """A small CNN for 28x28 digits in [-1, 1]; ``features`` is its 128-d penultimate layer.
+
+    Defined in notebook 00_welcome.
+    """
+
+    def __init__(self, width: int = 32, feature_dim: int = 128):
+        super().__init__()
+        self.config = {"width": width, "feature_dim": feature_dim}
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 28 -> 14
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 14 -> 7
+            nn.Flatten(), nn.Linear(2 * w * 7 * 7, feature_dim), nn.ReLU(),
+        )
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(feature_dim, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
+            raise ValueError(f"DigitClassifier takes (B, 1, 28, 28) images in [-1, 1], got {tuple(x.shape)}")
+        return self.body(x)  # (B, 1, 28, 28) -> (B, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))  # (B, feature_dim) -> (B, 10)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` pixels, filling with the background value (-1)."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, value=-1.0)
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+
+
+def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 15, batch_size: int = 64,
+                           lr: float = 2e-3, seed: int = 0, model: DigitClassifier | None = None
+                           ) -> tuple[DigitClassifier, list[float]]:
+    """Train a :class:`DigitClassifier` with random shifts; returns it and the loss per step.
+
+    Defined in notebook 00_welcome.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = model or DigitClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((len(images) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    losses = []
+    model.train()
+    for _ in progress(range(epochs), desc="digit classifier"):
+        perm = torch.randperm(len(images), generator=g)
+        for i in range(0, len(images), batch_size):
+            idx = perm[i:i + batch_size]
+            x = random_shift(images[idx], 2, g)
+            loss = F.cross_entropy(model(x), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    return model.eval(), losses
+
+
+# ----------------------------------------------------------------------------------------------
+# ShapeWorld attributes
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class AttributeNetConfig:
+    """Sizes of the ShapeWorld attribute network. Defined in notebook 00_welcome."""
+
+    width: int = 16
+    num_shapes: int = 4
+    num_colors: int = 8
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class AttributeNet(nn.Module):
+    """Per-pixel shape and colour classifier for ShapeWorld images (B, 3, H, W) in [-1, 1].
+
+    An encoder to 1/4 resolution and a decoder back with skip connections. ``forward`` returns
+    shape logits (B, 1 + num_shapes, H, W) and colour logits (B, 1 + num_colors, H, W), class 0
+    being background; ``features`` is the pooled bottleneck, used for Frechet distances.
+    Defined in notebook 00_welcome.
+    """
+
+    def __init__(self, width: int = 16, num_shapes: int = 4, num_colors: int = 8):
+        super().__init__()
+        self.config = asdict(AttributeNetConfig(width, num_shapes, num_colors))
+        w = width
+        self.enc1 = nn.Sequential(_conv(3, w), _conv(w, w))  # full resolution
+        self.enc2 = nn.Sequential(_conv(w, 2 * w, 2), _conv(2 * w, 2 * w))  # 1/2
+        self.enc3 = nn.Sequential(_conv(2 * w, 4 * w, 2), _conv(4 * w, 4 * w))  # 1/4
+        self.dec2 = _conv(4 * w + 2 * w, 2 * w)
+        self.dec1 = _conv(2 * w + w, w)
+        self.shape_head = nn.Conv2d(w, 1 + num_shapes, 1)
+        self.color_head = nn.Conv2d(w, 1 + num_colors, 1)
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] % 4 or x.shape[-2] % 4:
+            raise ValueError("AttributeNet takes (B, 3, H, W) images in [-1, 1] with H and W divisible by 4, "
+                             f"got {tuple(x.shape)}")
+        h1 = self.enc1(x)
+        h2 = self.enc2(h1)
+        return h1, h2, self.enc3(h2)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h3 = self._encode(x)[2]
+        return torch.cat([h3.mean(dim=(2, 3)), h3.amax(dim=(2, 3))], dim=1)  # (B, 4w, h, w) -> (B, 8w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h1, h2, h3 = self._encode(x)
+        up = F.interpolate(h3, scale_factor=2, mode="nearest")
+        d2 = self.dec2(torch.cat([up, h2], dim=1))
+        d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2, mode="nearest"), h1], dim=1))
+        return self.shape_head(d1), self.color_head(d1)
+
+
+def augment_for_robustness(x: torch.Tensor, generator: torch.Generator | None = None,
+                           max_tint: float = 0.25, max_noise: float = 0.15) -> torch.Tensor:
+    """Tint, noise and slight blur, so the judge also reads imperfect generated images.
+
+    A judge trained only on clean renders is fooled by early samples with tinted, noisy
+    backgrounds (see ENVIRONMENT_NOTES); this is the remedy. Defined in notebook 00_welcome.
+    """
+    b = x.shape[0]
+    tint = (torch.rand(b, 3, 1, 1, generator=generator) * 2 - 1) * max_tint
+    noise_std = torch.rand(b, 1, 1, 1, generator=generator) * max_noise
+    x = x + tint + noise_std * torch.randn(x.shape, generator=generator)
+    blur = torch.rand(b, generator=generator) < 0.3
+    if blur.any():
+        kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
+        kernel = kernel.expand(3, 1, 3, 3)
+        x[blur] = F.conv2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    return x.clamp(-1.2, 1.2)
+
+
+def train_attribute_net(world_size: int = 20000, epochs: int = 4, batch_size: int = 64, lr: float = 3e-3,
+                        seed: int = 0, model: AttributeNet | None = None) -> tuple[AttributeNet, list[float]]:
+    """Train an :class:`AttributeNet` on ``world_size`` ShapeWorld images of every combination
+    (held-out ones included: the judge must read them). Returns it and the loss per step.
+
+    Defined in notebook 00_welcome.
+    """
+    from .shapeworld import ShapeWorld
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    batch = ShapeWorld().sample(world_size, seed=seed, split="all")
+    images = batch.tensors()
+    shape_mask, color_mask = (torch.from_numpy(m).long() for m in batch.semantic_masks())
+    model = model or AttributeNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((world_size + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    losses = []
+    model.train()
+    for _ in progress(range(epochs), desc="attribute net"):
+        perm = torch.randperm(world_size, generator=g)
+        for i in range(0, world_size, batch_size):
+            idx = perm[i:i + batch_size]
+            x = augment_for_robustness(images[idx], g)
+            shape_logits, color_logits = model(x)
+            loss = F.cross_entropy(shape_logits, shape_mask[idx]) + F.cross_entropy(color_logits, color_mask[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    return model.eval(), losses
+
+
+# ----------------------------------------------------------------------------------------------
+# Shipped judges and their features
+# ----------------------------------------------------------------------------------------------
+_CACHE: dict[str, nn.Module] = {}
+
+
+def load_digit_classifier() -> DigitClassifier:
+    """The shipped digit classifier (made by ``scripts/train_digit_classifier.py``).
+
+    Defined in notebook 00_welcome.
+    """
+    if DIGIT_CLASSIFIER not in _CACHE:
+        _CACHE[DIGIT_CLASSIFIER] = load_checkpoint(DIGIT_CLASSIFIER, DigitClassifier)
+    return _CACHE[DIGIT_CLASSIFIER]
+
+
+def load_attribute_net() -> AttributeNet:
+    """The shipped ShapeWorld attribute network (made by ``scripts/train_attribute_net.py``).
+
+    Defined in notebook 00_welcome.
+    """
+    if ATTRIBUTE_NET not in _CACHE:
+        _CACHE[ATTRIBUTE_NET] = load_checkpoint(ATTRIBUTE_NET, AttributeNet)
+    return _CACHE[ATTRIBUTE_NET]
+
+
+@torch.no_grad()
+def extract_features(net: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """``net.features`` over ``images`` in batches, on the CPU, as float64 (N, D).
+
+    Defined in notebook 00_welcome.
+    """
+    net.eval()
+    out = [net.features(images[i:i + batch_size].float().cpu()) for i in range(0, len(images), batch_size)]
+    return torch.cat(out).double()
+
+
+def digit_features(images: torch.Tensor) -> torch.Tensor:
+    """Features of MNIST-like images (N, 1, 28, 28) in [-1, 1] from the shipped digit classifier."""
+    return extract_features(load_digit_classifier(), images)
+
+
+def shapeworld_features(images: torch.Tensor) -> torch.Tensor:
+    """Features of ShapeWorld-like images (N, 3, H, W) in [-1, 1] from the shipped attribute net."""
+    return extract_features(load_attribute_net(), images)

@@ -1,0 +1,443 @@
+"""A byte-level BPE tokenizer in CLIP's manner. Defined in notebook 04_clip_text_embeddings.
+
+The pipeline, step by step, as in OpenAI's ``simple_tokenizer.py`` and in transformers'
+``CLIPTokenizer``:
+
+1. clean the text: (optionally) undo HTML escapes, Unicode NFC, collapse every run of whitespace
+   into one space, strip, lowercase;
+2. pre-tokenize with CLIP's regex: words of letters, single digits, runs of punctuation and the
+   English contractions ``'s 't 're 've 'm 'll 'd`` become separate pieces;
+3. map each piece's UTF-8 bytes to printable characters (``bytes_to_unicode``), so that *any* text
+   can be tokenized and no character is ever unknown;
+4. mark the end of the piece on its last symbol (``</w>``) and apply the learned merges, lowest
+   rank first (byte-pair encoding);
+5. wrap in ``<|startoftext|>`` ... ``<|endoftext|>``, truncate to the context (77 in CLIP and SD),
+   and pad (SD v1 pads with ``<|endoftext|>``, SD 2 with ``!``).
+
+``save`` writes ``vocab.json`` + ``merges.txt`` exactly as transformers' ``CLIPTokenizer`` reads
+them, so one folder serves both tokenizers (the tests show identical ids).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import unicodedata
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+try:  # transformers depends on `regex`; it knows Unicode classes such as \p{L}.
+    import regex as _regex
+
+    HAS_REGEX = True
+except ImportError:  # pragma: no cover - only where `regex` is missing
+    _regex = None
+    HAS_REGEX = False
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+END_OF_WORD = "</w>"
+MERGES_HEADER = "#version: 0.2"
+
+# CLIP's pre-tokenization pattern (OpenAI simple_tokenizer.py, transformers CLIPTokenizer).
+CLIP_PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"
+                r"|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+")
+# Stand-in for Python's `re` (no \p classes): letters = word characters minus digits and "_".
+# It differs from \p{L}/\p{N} only on rare characters (e.g. superscript digits count as letters).
+_FALLBACK_PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"
+                     r"|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
+
+
+def _compile_pattern() -> re.Pattern:
+    # OpenAI's CLIP adds IGNORECASE; transformers does not. The text is lowercase already, so it
+    # only matters for rare characters that case-fold to letters (e.g. U+0345): we follow transformers.
+    if HAS_REGEX:
+        return _regex.compile(CLIP_PATTERN)
+    return re.compile(_FALLBACK_PATTERN)
+
+
+class PromptTruncatedWarning(UserWarning):
+    """Warned when a prompt is longer than the context and its tail is dropped.
+
+    Defined in notebook 04_clip_text_embeddings.
+    """
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """The map from each of the 256 byte values to a printable Unicode character.
+
+    Printable Latin-1 bytes map to themselves; the others (control characters, space, ...) are
+    shifted to code points from 256 upward, so that a BPE symbol is never whitespace or a control
+    character. Same table as GPT-2 and CLIP. Defined in notebook 04_clip_text_embeddings.
+    """
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    codes = printable[:]
+    shift = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + shift)
+            shift += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+def base_vocabulary() -> list[str]:
+    """CLIP's first 512 tokens: the 256 byte symbols, then the same with ``</w>`` appended.
+
+    Every vocabulary this module trains starts with them, so any text can be encoded.
+    Defined in notebook 04_clip_text_embeddings.
+    """
+    symbols = list(bytes_to_unicode().values())
+    return symbols + [s + END_OF_WORD for s in symbols]
+
+
+def clean_text(text: str, html_unescape: bool = True) -> str:
+    """CLIP's text cleanup without ``ftfy``: HTML unescape, NFC, whitespace collapse, lowercase.
+
+    Whitespace is Unicode's (with ``regex``) and lowercasing goes character by character, both as in
+    transformers' ``CLIPTokenizer``.
+
+    ``html_unescape=True`` follows OpenAI's CLIP ("&amp;" becomes "&"); transformers'
+    ``CLIPTokenizer`` does not unescape, so pass ``False`` to match it on such text.
+    Defined in notebook 04_clip_text_embeddings.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}; pass one prompt at a time "
+                        "or call the tokenizer on a list of prompts")
+    if html_unescape:
+        text = html.unescape(html.unescape(text))
+    text = unicodedata.normalize("NFC", text)
+    text = (_regex if HAS_REGEX else re).sub(r"\s+", " ", text).strip(" ")
+    # Lowercase character by character, as transformers does (no Greek final-sigma rule).
+    return text.lower() if text.isascii() else "".join(ch.lower() for ch in text)
+
+
+def pre_tokenize(text: str, html_unescape: bool = True) -> list[str]:
+    """Clean ``text`` and split it into CLIP's pieces, each as byte symbols (before BPE).
+
+    Defined in notebook 04_clip_text_embeddings.
+    """
+    byte_encoder = bytes_to_unicode()
+    pieces = _pattern().findall(clean_text(text, html_unescape))
+    return [p if p in (BOS_TOKEN, EOS_TOKEN) else "".join(byte_encoder[b] for b in p.encode("utf-8"))
+            for p in pieces]
+
+
+@lru_cache(maxsize=1)
+def _pattern() -> re.Pattern:
+    return _compile_pattern()
+
+
+def _word_symbols(piece: str) -> tuple[str, ...]:
+    """A piece as its initial BPE symbols: one per byte, the last one marked with ``</w>``."""
+    return tuple(piece[:-1]) + (piece[-1] + END_OF_WORD,)
+
+
+def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    """Replace every occurrence of ``pair`` in ``symbols``, left to right, by its merge."""
+    first, second = pair
+    out: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i < len(symbols) - 1 and symbols[i] == first and symbols[i + 1] == second:
+            out.append(first + second)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return tuple(out)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int | None = None, num_merges: int | None = None,
+              min_frequency: int = 2,
+              html_unescape: bool = True) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Learn CLIP-style BPE merges from ``texts``; return ``(vocab, merges)``.
+
+    Give either ``vocab_size`` (total size: 512 byte symbols + merges + 2 special tokens) or
+    ``num_merges``. Training stops early when no pair occurs ``min_frequency`` times. At each step
+    the most frequent adjacent pair of symbols (counted over all pieces, weighted by how often the
+    piece occurs) is merged; ties go to the alphabetically first pair, so training is
+    deterministic. The vocabulary is laid out as CLIP's: bytes, bytes + ``</w>``, merges, then
+    ``<|startoftext|>`` and ``<|endoftext|>`` (the highest id). Defined in notebook
+    04_clip_text_embeddings.
+    """
+    base = base_vocabulary()
+    if (vocab_size is None) == (num_merges is None):
+        raise ValueError("give exactly one of vocab_size (e.g. 1000) or num_merges (e.g. 400)")
+    if vocab_size is not None:
+        if vocab_size < len(base) + 2:
+            raise ValueError(f"vocab_size={vocab_size} is too small: the {len(base)} byte symbols and 2 "
+                             f"special tokens alone need {len(base) + 2}; use at least that")
+        num_merges = vocab_size - len(base) - 2
+    if num_merges < 0:
+        raise ValueError(f"num_merges must be >= 0, got {num_merges}")
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list (or other iterable) of strings, not one string; "
+                        "wrap it: train_bpe([text], ...)")
+
+    piece_counts: Counter[str] = Counter()
+    for text in texts:
+        piece_counts.update(p for p in pre_tokenize(text, html_unescape) if p not in (BOS_TOKEN, EOS_TOKEN))
+    words = [list(_word_symbols(p)) for p in piece_counts]
+    freqs = list(piece_counts.values())
+
+    # Pair counts and, for each pair, the words it occurs in; updated after each merge.
+    pair_counts: Counter[tuple[str, str]] = Counter()
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for w, (symbols, f) in enumerate(zip(words, freqs, strict=True)):
+        for pair in zip(symbols, symbols[1:], strict=False):
+            pair_counts[pair] += f
+            where[pair].add(w)
+
+    vocab_list = list(base)
+    known = set(vocab_list)
+    merges: list[tuple[str, str]] = []
+    while len(merges) < num_merges and pair_counts:
+        best = min(pair_counts, key=lambda p: (-pair_counts[p], p))
+        if pair_counts[best] < min_frequency:
+            break
+        merges.append(best)
+        merged = best[0] + best[1]
+        if merged not in known:  # two different merges can spell the same token
+            known.add(merged)
+            vocab_list.append(merged)
+        for w in list(where.pop(best, ())):
+            old, f = words[w], freqs[w]
+            new = list(_merge_pair(tuple(old), best))
+            for pair in zip(old, old[1:], strict=False):
+                pair_counts[pair] -= f
+                if pair_counts[pair] <= 0:
+                    del pair_counts[pair]
+            for pair in zip(old, old[1:], strict=False):
+                where[pair].discard(w)
+            for pair in zip(new, new[1:], strict=False):
+                pair_counts[pair] += f
+                where[pair].add(w)
+            words[w] = new
+        pair_counts.pop(best, None)
+    vocab_list += [BOS_TOKEN, EOS_TOKEN]
+    return {token: i for i, token in enumerate(vocab_list)}, merges
+
+
+class CLIPStyleTokenizer:
+    """CLIP's byte-level BPE tokenizer, from a vocabulary and a list of merges.
+
+    ``tok.encode(text)`` gives ids with start and end tokens; ``tok(texts)`` gives a
+    ``(B, context_length)`` LongTensor padded and truncated as Stable Diffusion does.
+    Defined in notebook 04_clip_text_embeddings.
+    """
+
+    def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]], context_length: int = 77,
+                 pad_token: str = EOS_TOKEN, html_unescape: bool = True):
+        if not isinstance(vocab, dict) or not vocab:
+            raise TypeError("vocab must be a non-empty dict {token: id}; get one from train_bpe(...) "
+                            "or CLIPStyleTokenizer.from_folder(folder)")
+        missing = [t for t in base_vocabulary() + [BOS_TOKEN, EOS_TOKEN, pad_token] if t not in vocab]
+        if missing:
+            raise ValueError(f"vocab lacks {len(missing)} required tokens (e.g. {missing[:3]}): a CLIP-style "
+                             "vocabulary holds all 256 byte symbols, their '</w>' forms, the start/end "
+                             "tokens and the pad token; build it with train_bpe(...)")
+        if len(set(vocab.values())) != len(vocab):
+            raise ValueError("vocab maps two tokens to the same id; ids must be unique")
+        if not isinstance(context_length, int) or context_length < 2:
+            raise ValueError(f"context_length must be an int >= 2 (start + end token), "
+                             f"got {context_length!r}")
+        merges = [tuple(m) for m in merges]
+        bad = [m for m in merges if len(m) != 2 or m[0] + m[1] not in vocab]
+        if bad:
+            raise ValueError(f"{len(bad)} merges are malformed or make tokens missing from vocab "
+                             f"(e.g. {bad[:3]}); vocab and merges must come from the same training run")
+        self.encoder = dict(vocab)
+        self.decoder = {i: t for t, i in vocab.items()}
+        self.merges = merges
+        self.bpe_ranks = {m: r for r, m in enumerate(merges)}
+        self.context_length = context_length
+        self.pad_token = pad_token
+        self.html_unescape = html_unescape
+        self.byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+        self._cache: dict[str, tuple[str, ...]] = {}
+
+    # ids of the special tokens
+    @property
+    def bos_token_id(self) -> int:
+        return self.encoder[BOS_TOKEN]
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.encoder[EOS_TOKEN]
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.encoder[self.pad_token]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.encoder)
+
+    def __len__(self) -> int:
+        return len(self.encoder)
+
+    def bpe(self, piece: str) -> tuple[str, ...]:
+        """Apply the merges to one pre-tokenized piece (byte symbols), lowest rank first."""
+        if piece in self._cache:
+            return self._cache[piece]
+        symbols = _word_symbols(piece)
+        while len(symbols) > 1:
+            pairs = set(zip(symbols, symbols[1:], strict=False))
+            best = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
+            if best not in self.bpe_ranks:
+                break
+            symbols = _merge_pair(symbols, best)
+        if len(self._cache) < 100_000:
+            self._cache[piece] = symbols
+        return symbols
+
+    def tokenize(self, text: str) -> list[str]:
+        """The BPE tokens of ``text`` as strings, without start/end tokens (``"red</w>"``...)."""
+        tokens: list[str] = []
+        for piece in pre_tokenize(text, self.html_unescape):
+            tokens.extend([piece] if piece in (BOS_TOKEN, EOS_TOKEN) else self.bpe(piece))
+        return tokens
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of one text, with start and end tokens; no padding and no truncation."""
+        ids = [self.encoder[t] for t in self.tokenize(text)]
+        return [self.bos_token_id, *ids, self.eos_token_id] if add_special_tokens else ids
+
+    def __call__(self, texts: str | Sequence[str], padding: str | bool = "max_length",
+                 truncation: bool = True,
+                 return_attention_mask: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize a batch into a ``(B, L)`` LongTensor (and a ``(B, L)`` attention mask if asked).
+
+        ``padding``: ``"max_length"`` pads to ``context_length`` (as SD does), ``"longest"`` to the
+        longest prompt of the batch, ``False`` requires equal lengths. ``truncation=True`` keeps
+        the first ``context_length - 2`` tokens plus the end token and warns a
+        ``PromptTruncatedWarning`` naming the dropped words. The mask is 1 on real tokens (start
+        and end included) and 0 on padding.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("texts must be a str or a list of str")
+        if padding is True:
+            padding = "longest"
+        if padding not in ("max_length", "longest", False, "do_not_pad"):
+            raise ValueError(f"padding must be 'max_length', 'longest' or False, got {padding!r}")
+        n = self.context_length
+        rows: list[list[int]] = []
+        for i, text in enumerate(texts):
+            tokens = self.tokenize(text)
+            ids = [self.encoder[t] for t in tokens]
+            if len(ids) > n - 2:
+                if not truncation:
+                    raise ValueError(f"prompt {i} has {len(ids) + 2} tokens with start and end, more than "
+                                     f"the context of {n}; shorten it or pass truncation=True")
+                warnings.warn(self._truncation_message(i, tokens, ids), PromptTruncatedWarning, stacklevel=2)
+                ids = ids[:n - 2]
+            rows.append([self.bos_token_id, *ids, self.eos_token_id])
+        length = n if padding == "max_length" else max(len(r) for r in rows)
+        if padding in (False, "do_not_pad") and len({len(r) for r in rows}) > 1:
+            raise ValueError("prompts have different lengths and padding=False; use padding='max_length' "
+                             "or 'longest' to batch them")
+        ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[b, :len(row)] = 1
+        return (ids, mask) if return_attention_mask else ids
+
+    def _truncation_message(self, index: int, tokens: list[str], ids: list[int]) -> str:
+        """Say which words a truncation drops (whole words: a word cut in the middle is named)."""
+        cut = self.context_length - 2
+        start = cut  # back up to the start of the word that the cut falls in
+        while start > 0 and not tokens[start - 1].endswith(END_OF_WORD) and tokens[start - 1] not in (
+                BOS_TOKEN, EOS_TOKEN):
+            start -= 1
+        message = (f"prompt {index} is {len(ids) + 2} tokens long but the context holds "
+                   f"{self.context_length} ({cut} plus start and end tokens); "
+                   f"dropped: {self.decode(ids[start:])!r}")
+        if start < cut:
+            message += f" (the first of these words is cut: its first {cut - start} token(s) are kept)"
+        return message
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        """Text of a sequence of ids; ``</w>`` becomes a space (so pieces come back space-separated)."""
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() > 1:
+                raise ValueError(f"decode takes one sequence (1-D), got shape {tuple(ids.shape)}; "
+                                 "use decode_batch for a batch")
+            ids = ids.tolist()
+        specials = {self.bos_token_id, self.eos_token_id, self.pad_token_id}
+        unknown = [i for i in ids if i not in self.decoder]
+        if unknown:
+            raise ValueError(f"ids {unknown[:5]} are not in this vocabulary of {len(self)} tokens")
+        text = "".join(self.decoder[i] for i in ids if not (skip_special_tokens and i in specials))
+        raw = bytearray()
+        for ch in text:  # byte symbols back to bytes; characters outside the table (specials) as UTF-8
+            raw += bytes([self.byte_decoder[ch]]) if ch in self.byte_decoder else ch.encode("utf-8")
+        return raw.decode("utf-8", errors="replace").replace(END_OF_WORD, " ").strip()
+
+    def decode_batch(self, ids: torch.Tensor | Sequence[Sequence[int]],
+                     skip_special_tokens: bool = True) -> list[str]:
+        """``decode`` for each row of a batch."""
+        return [self.decode(row, skip_special_tokens) for row in ids]
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` into ``folder``.
+
+        The format is the one transformers' ``CLIPTokenizer.from_pretrained(folder)`` reads
+        (the config tells it the context length and the pad token).
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "vocab.json").write_text(json.dumps(self.encoder, ensure_ascii=False), encoding="utf-8")
+        lines = [MERGES_HEADER] + [f"{a} {b}" for a, b in self.merges]
+        (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": self.context_length,
+                  "bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN,
+                  "pad_token": self.pad_token, "do_lower_case": True, "add_prefix_space": False,
+                  "errors": "replace"}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        return folder
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, context_length: int | None = None, pad_token: str | None = None,
+                    html_unescape: bool = True) -> CLIPStyleTokenizer:
+        """Load ``vocab.json`` + ``merges.txt`` (ours, or a Stable Diffusion ``tokenizer/`` folder).
+
+        ``context_length`` and ``pad_token`` default to those in ``tokenizer_config.json`` when it
+        is there, else 77 and ``<|endoftext|>``.
+        """
+        folder = Path(folder)
+        for name in ("vocab.json", "merges.txt"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} not found; a tokenizer folder holds vocab.json and "
+                                        "merges.txt (write one with tokenizer.save(folder))")
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        merges = []
+        for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines():
+            if line.startswith("#version") or not line.strip():
+                continue
+            merges.append(tuple(line.split(" ")))
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        if context_length is None:
+            length = config.get("model_max_length", 77)
+            context_length = length if isinstance(length, int) and length < 100_000 else 77
+        if pad_token is None:
+            pad = config.get("pad_token", EOS_TOKEN)
+            pad_token = pad["content"] if isinstance(pad, dict) else pad
+        return cls(vocab, merges, context_length=context_length, pad_token=pad_token,
+                   html_unescape=html_unescape)
+
+    def __repr__(self) -> str:
+        return (f"CLIPStyleTokenizer(vocab_size={len(self)}, merges={len(self.merges)}, "
+                f"context_length={self.context_length}, pad_token={self.pad_token!r})")
