@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -246,7 +247,9 @@ def ddim(model: Denoiser, x: torch.Tensor, steps: int, *, eta: float = 0.0,
 
     ``eta = 0`` is deterministic (the ODE's first-order solver); ``eta = 1`` is DDPM-like. After
     the last timestep it steps to ``alphas_cumprod[0]`` (SD) or to 1 with ``set_alpha_to_one``.
-    Defined in notebook 06_reverse_diffusion.
+    Each step goes to the next timestep of the grid. (diffusers' ``DDIMScheduler`` and
+    ``PNDMScheduler`` step to ``t - T // N`` instead, which is the same for "leading" and, when N
+    divides T, "trailing" spacing, but not for "linspace".) Defined in notebook 06_reverse_diffusion.
     """
     if not (isinstance(eta, (int, float)) and eta >= 0):
         raise ValueError(f"eta must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
@@ -590,8 +593,9 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sample
     if x_T.ndim < 1 or x_T.shape[0] < 1:
         raise ValueError(f"x_T needs a batch dimension first, got shape {tuple(x_T.shape)}")
     T = schedule.num_train_timesteps
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or not 1 <= steps <= T:
         raise ValueError(f"steps must be an int from 1 to num_train_timesteps={T}, got {steps!r}")
+    steps = int(steps)
     check_prediction_type(prediction_type)
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable as model_fn(x, t), got {type(model_fn).__name__}")

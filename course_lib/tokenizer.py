@@ -232,7 +232,9 @@ class CLIPStyleTokenizer:
 
     ``tok.encode(text)`` gives ids with start and end tokens; ``tok(texts)`` gives a
     ``(B, context_length)`` LongTensor padded and truncated as Stable Diffusion does.
-    Defined in notebook 04_clip_text_embeddings.
+    ``pad_token`` is only used for padding. (transformers, given ``pad_token="!"`` as in SD 2's
+    folder, also turns every "!" *in the text* into that special token; OpenCLIP, which SD 2's
+    encoder was trained with, and this class do not.) Defined in notebook 04_clip_text_embeddings.
     """
 
     def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]], context_length: int = 77,
@@ -327,6 +329,8 @@ class CLIPStyleTokenizer:
             texts = [texts]
         if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a str or a list of str")
+        if not texts:
+            raise ValueError("texts is empty; pass at least one prompt")
         if padding is True:
             padding = "longest"
         if padding not in ("max_length", "longest", False, "do_not_pad"):

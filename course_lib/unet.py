@@ -188,10 +188,10 @@ class UNetConfig:
                              f"({len(chans)} levels), or a single int")
         # The middle block always has attention, at the last level's width.
         for lvl in sorted(set(self.attention_levels) | {len(chans) - 1}):
-            c, heads = chans[lvl], self.heads_at(lvl)
-            if heads < 1 or c % heads != 0 or (self.attention_head_dim and c % self.attention_head_dim):
+            c, n_heads = chans[lvl], self.heads_at(lvl)
+            if n_heads < 1 or c % n_heads != 0 or (self.attention_head_dim and c % self.attention_head_dim):
                 how = (f"attention_head_dim={self.attention_head_dim}" if self.attention_head_dim
-                       else f"{heads} heads")
+                       else f"{n_heads} heads")
                 raise ValueError(f"block_out_channels[{lvl}]={c} cannot be split into attention heads with "
                                  f"{how}; choose a head count or head size that divides {c}")
 

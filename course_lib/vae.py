@@ -23,7 +23,7 @@ the public Stable Diffusion VAE) load with ``load_state_dict(strict=True)``. Eve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -292,7 +292,7 @@ class AutoencoderKL(nn.Module):
                                 f"{list(AutoencoderConfig.__dataclass_fields__)}") from None
         if not isinstance(config, AutoencoderConfig):
             raise TypeError(f"config must be an AutoencoderConfig, got {type(config).__name__}")
-        config.block_out_channels = tuple(config.block_out_channels)
+        config = replace(config, block_out_channels=tuple(config.block_out_channels))  # a copy; JSON lists ok
         config.validate()
         self.config = config
         self.encoder = Encoder(config)

@@ -73,8 +73,9 @@ def make_notebook(src: Path) -> nbformat.NotebookNode:
 
 def execute(nb: nbformat.NotebookNode, timeout: int = 1800) -> None:
     env_before = dict(os.environ)
-    os.environ.setdefault("COURSE_NO_PROGRESS", "1")
-    os.environ.setdefault("PYTHONHASHSEED", "0")
+    # The same settings as `course.py test`, so that checked outputs are reproduced exactly in CI.
+    os.environ.update({"COURSE_NO_PROGRESS": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
+                       "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(OUT)}}
                        ).execute()

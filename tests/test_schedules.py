@@ -132,7 +132,7 @@ def test_q_sample_agrees_with_iterated_q_step(k):
     s = linear_schedule()  # DDPM's schedule, the one notebook 05 iterates
     g = torch.Generator().manual_seed(k)
     n = 40_000
-    x0 = torch.tensor([-1.0, -0.3, 0.5, 1.0], dtype=torch.float64).expand(n, 4)   # (n, 4)
+    x0 = torch.tensor([-1.0, -0.3, 0.5, 1.0]).expand(n, 4)   # (n, 4)
     x = x0.clone()
     for t in range(k + 1):
         x = q_step(x, t, torch.randn(x.shape, generator=g, dtype=x.dtype), s)
@@ -140,7 +140,7 @@ def test_q_sample_agrees_with_iterated_q_step(k):
     # standard errors: sigma/sqrt(n) = 0.005 for the mean, sigma/sqrt(2n) = 0.0035 for the std
     tol_mean, tol_std = 4 * sigma / n**0.5, 4 * sigma / (2 * n) ** 0.5
     torch.testing.assert_close(x.mean(0), alpha * x0[0], rtol=0, atol=tol_mean)
-    torch.testing.assert_close(x.std(0), torch.full((4,), sigma, dtype=torch.float64), rtol=0, atol=tol_std)
+    torch.testing.assert_close(x.std(0), torch.full((4,), sigma), rtol=0, atol=tol_std)
     # and the closed form's samples have the same statistics
     xq = q_sample(x0, k, torch.randn(x0.shape, generator=g, dtype=x0.dtype), s)
     torch.testing.assert_close(xq.mean(0), x.mean(0), rtol=0, atol=2 * tol_mean)
