@@ -38,12 +38,13 @@ def frechet_distance(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.nd
         raise ValueError("need at least 2 samples in each set")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():  # near-singular covariances: nudge the diagonal, as FID code does
-        eps = 1e-6 * np.eye(len(cov_a))
-        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    # Tr((S_a S_b)^(1/2)) = sum of sqrt of the eigenvalues of S_a^(1/2) S_b S_a^(1/2), a symmetric
+    # PSD matrix: stable even when the covariances are singular (dead ReLU features are common).
+    w, v = linalg.eigh(cov_a)
+    sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    eig = linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
+    trace_sqrt = np.sqrt(np.clip(eig, 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
 
 
 def kernel_distance(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, num_subsets: int = 50,

@@ -31,7 +31,9 @@ class MNIST5k(Dataset):
 
     Images are float tensors (1, 28, 28) scaled to [-1, 1] (the range diffusion models use), or to
     [0, 1] with ``scale="unit"``. ``split="train"`` gives the first 4,500 images (450 per class),
-    ``"test"`` the other 500 (50 per class), ``"all"`` every image. Defined in notebook 00_welcome.
+    ``"test"`` the other 500 (50 per class), ``"all"`` every image. Each split comes in a fixed
+shuffled order (the file itself is sorted by label), so any slice is a fair sample of all digits.
+Defined in notebook 00_welcome.
     """
 
     SPLITS = ("train", "test", "all")
@@ -46,7 +48,9 @@ class MNIST5k(Dataset):
         test_mask = np.zeros(len(labels), dtype=bool)
         for digit in range(10):
             test_mask[np.flatnonzero(labels == digit)[-50:]] = True
-        keep = {"train": ~test_mask, "test": test_mask, "all": np.ones_like(test_mask)}[split]
+        keep = np.flatnonzero({"train": ~test_mask, "test": test_mask, "all": np.ones_like(test_mask)}[split])
+        # The file is sorted by label; a fixed shuffle makes any slice (images[:64]) a fair sample.
+        keep = keep[np.random.default_rng(0).permutation(len(keep))]
         x = torch.from_numpy(images[keep]).float().div_(255.0).unsqueeze(1)  # (N, 28, 28) -> (N, 1, 28, 28)
         self.images = x * 2 - 1 if scale == "symmetric" else x
         self.labels = torch.from_numpy(labels[keep])
