@@ -54,7 +54,7 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(VENV)
-    env.setdefault("MPLBACKEND", "Agg")
+    env.pop("MPLBACKEND", None)  # notebooks draw with the kernel's inline backend
     env.setdefault("PYTHONHASHSEED", "0")
     return env
 
@@ -65,7 +65,6 @@ def lab(args: list[str]) -> int:
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # JupyterLab refuses root without this
         cmd.append("--allow-root")
     env = _env()
-    env.pop("MPLBACKEND")
     return subprocess.call([*cmd, *args], cwd=ROOT, env=env)
 
 

@@ -50,8 +50,12 @@ def frechet_distance(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.nd
 def kernel_distance(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, num_subsets: int = 50,
                     subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """KID: mean and standard deviation over random subsets of the unbiased MMD^2 with kernel
-    k(x, y) = (x.y / d + 1)^3. Defined in notebook 00_welcome."""
+    k(x, y) = (x.y / d + 1)^3. Both sets are divided by the real set's root-mean-square feature
+    value, so that the kernel sees values of order one whatever the feature extractor's scale.
+    Defined in notebook 00_welcome."""
     a, b = _as_array(real), _as_array(fake)
+    rms = np.sqrt((a**2).mean()) or 1.0
+    a, b = a / rms, b / rms
     d = a.shape[1]
     m = min(subset_size, len(a), len(b))
     if m < 2:

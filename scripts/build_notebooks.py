@@ -75,7 +75,8 @@ def execute(nb: nbformat.NotebookNode, timeout: int = 1800) -> None:
     env_before = dict(os.environ)
     # The same settings as `course.py test`, so that checked outputs are reproduced exactly in CI.
     os.environ.update({"COURSE_NO_PROGRESS": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
-                       "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+                       "MKL_NUM_THREADS": "1"})
+    os.environ.pop("MPLBACKEND", None)  # the kernel's inline backend must draw the figures
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(OUT)}}
                        ).execute()

@@ -61,25 +61,27 @@ print("torch", torch.__version__, "| device:", device)
 
 # %%
 def draw_pipeline():
-    boxes = [
-        ("prompt", "", 0.0), ("tokenizer", "04", 1.0), ("text encoder\n(causal transformer)", "04", 2.0),
-        ("U-Net + cross-attention\n(02 ResNet, 03 U-Net, 09)", "", 3.3),
-        ("sampler: DDPM, DDIM,\nPLMS, DPM-Solver (05-07)", "", 4.7), ("VAE decoder", "08", 5.9), ("image", "", 6.8),
+    boxes = [  # (label, x position)
+        ("prompt", 0.0), ("tokenizer\n[04]", 1.45), ("text encoder\n(causal transformer)\n[04]", 3.1),
+        ("U-Net with\ncross-attention\n[02, 03, 09]", 4.95), ("sampler: DDPM, DDIM,\nPLMS, DPM-Solver\n[05-07]", 6.9),
+        ("VAE decoder\n[08]", 8.7), ("image", 9.95),
     ]
-    fig, ax = plt.subplots(figsize=(11, 2.6))
-    for label, nb, x in boxes:
-        text = f"{label}\n[{nb}]" if nb else label
-        ax.text(x, 0.5, text, ha="center", va="center", fontsize=8.5,
-                bbox=dict(boxstyle="round,pad=0.4", fc="#e8f0fe" if nb or "(" in label else "#f5f5f5", ec="#555"))
-    for (_, _, x0), (_, _, x1) in zip(boxes, boxes[1:]):
-        ax.annotate("", xy=(x1 - 0.42, 0.5), xytext=(x0 + 0.42, 0.5), arrowprops=dict(arrowstyle="->"))
-    ax.text(4.0, 0.05, "Gaussian noise in latent space -> repeated denoising -> clean latent;  "
-            "classifier-free guidance mixes conditional and unconditional predictions (09)",
+    fig, ax = plt.subplots(figsize=(12, 2.8))
+    for label, x in boxes:
+        plain = label in ("prompt", "image")
+        ax.text(x, 0.5, label, ha="center", va="center", fontsize=9,
+                bbox=dict(boxstyle="round,pad=0.4", fc="#f5f5f5" if plain else "#e8f0fe", ec="#555"))
+    gaps = [0.45, 0.6, 0.85, 0.8, 0.85, 0.65, 0.45]  # half-widths of the boxes, for the arrows
+    for i in range(len(boxes) - 1):
+        ax.annotate("", xy=(boxes[i + 1][1] - gaps[i + 1], 0.5), xytext=(boxes[i][1] + gaps[i], 0.5),
+                    arrowprops=dict(arrowstyle="->"))
+    ax.annotate("", xy=(5.6, 0.8), xytext=(6.3, 0.8), arrowprops=dict(arrowstyle="->", connectionstyle="arc3,rad=0.5"))
+    ax.text(5.95, 0.97, "20-50 denoising steps", ha="center", fontsize=8)
+    ax.text(5.0, 0.04, "starts from Gaussian noise in latent space; classifier-free guidance mixes conditional "
+            "and unconditional predictions [09]; everything together: [10]; public weights: [11]",
             ha="center", fontsize=8, style="italic")
-    ax.text(3.3, 0.93, "the whole assembly: notebook 10; the public weights in these same modules: notebook 11",
-            ha="center", fontsize=8)
-    ax.set_xlim(-0.5, 7.3)
-    ax.set_ylim(0, 1)
+    ax.set_xlim(-0.5, 10.5)
+    ax.set_ylim(0, 1.05)
     ax.set_axis_off()
     plt.show()
 
@@ -186,17 +188,22 @@ plt.show()
 # Every image comes with its masks: which object each pixel belongs to, and so its shape and colour.
 
 # %%
+from matplotlib.colors import ListedColormap
+
 shape_mask, color_mask = batch.semantic_masks()
+palette = ListedColormap(np.array([(40, 40, 40), *sw.COLORS.values()]) / 255)  # class 0 = background
 fig, axes = plt.subplots(3, 6, figsize=(9, 4.8))
 for i in range(6):
     axes[0, i].imshow(batch.images[i])
     axes[1, i].imshow(shape_mask[i], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
-    axes[2, i].imshow(color_mask[i], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+    axes[2, i].imshow(color_mask[i], cmap=palette, vmin=0, vmax=len(sw.COLORS), interpolation="nearest")
 for ax, name in zip(axes[:, 0], ["image", "shape class", "colour class"]):
     ax.set_ylabel(name)
 for ax in axes.flat:
     ax.set_xticks([])
     ax.set_yticks([])
+fig.suptitle("shape classes: " + ", ".join(f"{k + 1} {s}" for k, s in enumerate(sw.SHAPES)) + " (0 background)",
+             fontsize=9)
 plt.tight_layout()
 plt.show()
 
