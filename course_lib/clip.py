@@ -464,42 +464,51 @@ class ContrastiveModel(nn.Module):
         return ContrastiveOutput(logits_per_image, logits_per_image.T, image_embeds, text_embeds)
 
 
-def matching_targets(keys: Sequence) -> torch.Tensor:
-    """(B, B) bool matrix, True where items i and j have the same key (for example the same caption).
+def matching_targets(keys: Sequence, text_keys: Sequence | None = None) -> torch.Tensor:
+    """(B, T) bool matrix, True where image i and text j have the same key (for example the caption).
 
     In a batch of image-caption pairs whose captions repeat, image i matches *every* text with its
     caption, not only text i: pass this matrix to ``clip_loss(..., targets=...)`` so that such
-    duplicates are positives rather than false negatives. Defined in notebook 04_clip_text_embeddings.
+    duplicates are positives rather than false negatives. ``text_keys`` defaults to ``keys``
+    (B = T); give it to add texts without an image of their own (hard negatives).
+    Defined in notebook 04_clip_text_embeddings.
     """
-    codes = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    index = torch.tensor([codes[k] for k in keys])
-    return index[:, None] == index[None, :]  # (B,) -> (B, B)
+    text_keys = keys if text_keys is None else text_keys
+    codes = {k: i for i, k in enumerate(dict.fromkeys([*keys, *text_keys]))}
+    rows = torch.tensor([codes[k] for k in keys])
+    cols = torch.tensor([codes[k] for k in text_keys])
+    return rows[:, None] == cols[None, :]  # (B,), (T,) -> (B, T)
 
 
 def clip_loss(logits_per_image: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
     """CLIP's symmetric InfoNCE loss for a batch of matching pairs (pair i = row i, column i).
 
     The mean of cross-entropy over rows (each image picks its text) and over columns (each text
-    picks its image). With uninformative (all equal) logits it is ``log(B)``. ``targets``, an
-    optional (B, B) bool matrix of which texts match which images (``matching_targets(captions)``),
-    spreads each row's (and column's) target uniformly over all its matches; ``None`` means the
-    identity, CLIP's own case. Defined in notebook 04_clip_text_embeddings.
+    picks its image). With uninformative (all equal) logits it is ``log(B)``.
+
+    ``targets`` (optional, bool (B, T), from ``matching_targets``) says which texts match which
+    images; each row's (and column's) target is spread uniformly over its matches, so repeated
+    captions are not false negatives. It may have extra columns, texts that match no image (hard
+    negatives such as a caption with its colours swapped): they enter the image-to-text softmax
+    only. ``None`` means the identity, CLIP's own case. Defined in notebook 04_clip_text_embeddings.
     """
-    if logits_per_image.dim() != 2 or logits_per_image.shape[0] != logits_per_image.shape[1]:
-        raise ValueError(f"logits_per_image must be square (B, B) for B matching pairs, got "
-                         f"{tuple(logits_per_image.shape)}")
     if targets is None:
+        if logits_per_image.dim() != 2 or logits_per_image.shape[0] != logits_per_image.shape[1]:
+            raise ValueError(f"logits_per_image must be square (B, B) for B matching pairs, got "
+                             f"{tuple(logits_per_image.shape)}")
         targets = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
         return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_image.T, targets)) / 2
-    if targets.shape != logits_per_image.shape:
+    if targets.shape != logits_per_image.shape or logits_per_image.dim() != 2:
         raise ValueError(f"targets must have the logits' shape {tuple(logits_per_image.shape)}, got "
                          f"{tuple(targets.shape)}; build it with matching_targets(captions)")
     t = targets.to(device=logits_per_image.device, dtype=logits_per_image.dtype)
-    if not bool((t.diagonal() > 0).all()):
-        raise ValueError("targets must be True on the diagonal: image i always matches its own text i")
+    if not bool((t.sum(dim=1) > 0).all()):
+        raise ValueError("every image (row of targets) needs at least one matching text")
     per_image = t / t.sum(dim=1, keepdim=True)  # each row: a distribution over the matching texts
-    per_text = t.T / t.T.sum(dim=1, keepdim=True)
-    return (F.cross_entropy(logits_per_image, per_image) + F.cross_entropy(logits_per_image.T, per_text)) / 2
+    matched = t.sum(dim=0) > 0  # texts with an image; the others are negatives only
+    per_text = t.T[matched] / t.T[matched].sum(dim=1, keepdim=True)
+    return (F.cross_entropy(logits_per_image, per_image)
+            + F.cross_entropy(logits_per_image.T[matched], per_text)) / 2
 
 
 def _model_device(model: nn.Module) -> torch.device:
