@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import load_checkpoint
+from .distributed import DistributedContext, autocast, resolve_precision
 from .utils import progress
 
 DIGIT_CLASSIFIER = "digit_classifier"
@@ -64,32 +65,65 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
 
 
+def _global_loss_step(ctx: DistributedContext, n_global: int) -> tuple[int, slice | None]:
+    """(processes, this process's slice of a global batch of ``n_global``; None in one process)."""
+    world = ctx.world_size if ctx.is_distributed else 1
+    return world, (ctx.local_slice(n_global) if world > 1 else None)
+
+
+def _reduced_loss(ctx: DistributedContext, loss: torch.Tensor, n_local: int, n_global: int) -> float:
+    """The global batch's mean loss from this process's slice mean (all processes take part)."""
+    total = ctx.all_reduce_sum(torch.tensor([loss.item() * n_local], dtype=torch.float64))
+    return float(total[0]) / n_global
+
+
 def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 15, batch_size: int = 64,
-                           lr: float = 2e-3, seed: int = 0, model: DigitClassifier | None = None
+                           lr: float = 2e-3, seed: int = 0, model: DigitClassifier | None = None, *,
+                           model_config: dict | None = None, device: str | torch.device | None = None,
+                           distributed: DistributedContext | None = None, precision: str = "fp32"
                            ) -> tuple[DigitClassifier, list[float]]:
     """Train a :class:`DigitClassifier` with random shifts; returns it and the loss per step.
 
-    Defined in notebook 00_welcome.
+    Defined in notebook 00_welcome. Beyond one CPU (README, "Training bigger"): the model trains
+    on its own device; with ``distributed`` (a torchrun process's context) every process draws the
+    global batch of ``batch_size`` (and its shifts) as one process would and trains on its slice,
+    so the union of the slices is the single-process batch; ``precision``: autocast (``"bf16"``...).
+    Without ``model``, one is built from ``model_config`` (``DigitClassifier`` arguments) on ``device``
+    (default: the context's device).
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = model or DigitClassifier()
+    ctx = distributed or DistributedContext()
+    model = model or DigitClassifier(**(model_config or {})).to(device if device is not None else ctx.device)
+    device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    net = ctx.wrap(model) if ctx.is_distributed else model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * ((len(images) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     losses = []
     model.train()
-    for _ in progress(range(epochs), desc="digit classifier"):
+    for _ in progress(range(epochs), desc="digit classifier", disable=None if ctx.is_main else True):
         perm = torch.randperm(len(images), generator=g)
         for i in range(0, len(images), batch_size):
             idx = perm[i:i + batch_size]
             x = random_shift(images[idx], 2, g)
-            loss = F.cross_entropy(model(x), labels[idx])
+            world, part = _global_loss_step(ctx, len(idx))
+            if world == 1:
+                with autocast(device, precision):
+                    loss = F.cross_entropy(net(x.to(device)), labels[idx].to(device))
+            else:   # this process's rows of the global batch; scaled so DDP's average is the global mean
+                if len(idx) < world:
+                    continue  # a last batch too small to share: skipped (its shifts were drawn all the same)
+                with autocast(device, precision):
+                    local = F.cross_entropy(net(x[part].to(device)), labels[idx][part].to(device))
+                loss = local * ((part.stop - part.start) * world / len(idx))
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(loss.item())
+            losses.append(loss.item() if world == 1 else _reduced_loss(ctx, local, part.stop - part.start, len(idx)))
+    ctx.average_buffers(model)  # BatchNorm statistics (each process saw its own slices)
     return model.eval(), losses
 
 
@@ -170,11 +204,17 @@ def augment_for_robustness(x: torch.Tensor, generator: torch.Generator | None = 
 
 
 def train_attribute_net(world_size: int = 20000, epochs: int = 4, batch_size: int = 64, lr: float = 3e-3,
-                        seed: int = 0, model: AttributeNet | None = None) -> tuple[AttributeNet, list[float]]:
+                        seed: int = 0, model: AttributeNet | None = None, *,
+                        model_config: dict | None = None, device: str | torch.device | None = None,
+                        distributed: DistributedContext | None = None, precision: str = "fp32"
+                        ) -> tuple[AttributeNet, list[float]]:
     """Train an :class:`AttributeNet` on ``world_size`` ShapeWorld images of every combination
     (held-out ones included: the judge must read them). Returns it and the loss per step.
 
-    Defined in notebook 00_welcome.
+    Defined in notebook 00_welcome. Beyond one CPU (README, "Training bigger"): as
+    ``train_digit_classifier``: every process renders the same images and draws the global batch
+    (and its augmentation), then trains on its slice; BatchNorm statistics are per process.
+    Without ``model``, one is built from ``model_config`` (``AttributeNet`` arguments) on ``device``.
     """
     from .shapeworld import ShapeWorld
 
@@ -183,24 +223,42 @@ def train_attribute_net(world_size: int = 20000, epochs: int = 4, batch_size: in
     batch = ShapeWorld().sample(world_size, seed=seed, split="all")
     images = batch.tensors()
     shape_mask, color_mask = (torch.from_numpy(m).long() for m in batch.semantic_masks())
-    model = model or AttributeNet()
+    ctx = distributed or DistributedContext()
+    model = model or AttributeNet(**(model_config or {})).to(device if device is not None else ctx.device)
+    device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    net = ctx.wrap(model) if ctx.is_distributed else model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * ((world_size + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     losses = []
     model.train()
-    for _ in progress(range(epochs), desc="attribute net"):
+    for _ in progress(range(epochs), desc="attribute net", disable=None if ctx.is_main else True):
         perm = torch.randperm(world_size, generator=g)
         for i in range(0, world_size, batch_size):
             idx = perm[i:i + batch_size]
             x = augment_for_robustness(images[idx], g)
-            shape_logits, color_logits = model(x)
-            loss = F.cross_entropy(shape_logits, shape_mask[idx]) + F.cross_entropy(color_logits, color_mask[idx])
+            world, part = _global_loss_step(ctx, len(idx))
+            if world == 1:
+                with autocast(device, precision):
+                    shape_logits, color_logits = net(x.to(device))
+                    loss = F.cross_entropy(shape_logits, shape_mask[idx].to(device)) + \
+                        F.cross_entropy(color_logits, color_mask[idx].to(device))
+            else:
+                if len(idx) < world:
+                    continue
+                rows = idx[part]
+                with autocast(device, precision):
+                    shape_logits, color_logits = net(x[part].to(device))
+                    local = F.cross_entropy(shape_logits, shape_mask[rows].to(device)) + \
+                        F.cross_entropy(color_logits, color_mask[rows].to(device))
+                loss = local * ((part.stop - part.start) * world / len(idx))
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(loss.item())
+            losses.append(loss.item() if world == 1 else _reduced_loss(ctx, local, part.stop - part.start, len(idx)))
+    ctx.average_buffers(model)  # BatchNorm statistics (each process saw its own slices)
     return model.eval(), losses
 
 

@@ -46,6 +46,7 @@ from .clip import (
     matching_targets,
     retrieval_recall_at_k,
 )
+from .distributed import DistributedContext, all_gather_rows, autocast, resolve_precision, split_sizes
 from .paths import data_dir
 from .tokenizer import CLIPStyleTokenizer, train_bpe
 from .utils import progress
@@ -214,10 +215,24 @@ def _lr_factor(step: int, config: ClipTrainingConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
 
 
+class _Embedder(nn.Module):
+    """What each process computes for its slice: image and text embeddings, and the temperature.
+
+    Wrapped in DistributedDataParallel, so that the gradients of every parameter are averaged."""
+
+    def __init__(self, model: ContrastiveModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.encode_image(images), self.model.encode_text(ids), self.model.scale()
+
+
 def train_contrastive(model: ContrastiveModel, tokenizer: CLIPStyleTokenizer,
                       config: ClipTrainingConfig | None = None, world: sw.ShapeWorld | None = None,
                       callback: Callable[[int, ContrastiveModel], None] | None = None,
-                      desc: str = "contrastive training") -> TrainingHistory:
+                      desc: str = "contrastive training", *, distributed: DistributedContext | None = None,
+                      precision: str = "fp32") -> TrainingHistory:
     """Train ``model`` on fresh ShapeWorld image-caption batches with CLIP's symmetric loss.
 
     Captions with the same meaning (``caption_key``) count as matches (``matching_targets``); hard
@@ -225,12 +240,25 @@ def train_contrastive(model: ContrastiveModel, tokenizer: CLIPStyleTokenizer,
     to the longest caption of the batch, which gives the same loss and gradients as padding to 77
     (see the module docstring). ``callback(step, model)`` runs after each step.
     Returns the per-step history. Defined in notebook 04_clip_text_embeddings.
+
+    Beyond one CPU (README, "Training bigger"): the model trains on its own device; ``precision``:
+    autocast (``"bf16"``...). With ``distributed`` (a torchrun process's context) every process
+    renders the same global batch, embeds its slice of the images and of the texts, and gathers all
+    embeddings (as CLIP did across GPUs), so the loss compares every image with every text of the
+    global batch: the same training as one process, to float tolerance.
     """
     if not isinstance(model, ContrastiveModel):
         raise TypeError(f"model must be a course_lib.clip.ContrastiveModel, got {type(model).__name__}")
     config = config or ClipTrainingConfig()
     world = world or sw.ShapeWorld()
     device = next(model.parameters()).device
+    ctx = distributed or DistributedContext()
+    processes = ctx.world_size if ctx.is_distributed else 1
+    if processes > 1 and config.batch_size < processes:
+        raise ValueError(f"batch_size={config.batch_size} is smaller than the {processes} processes; every process "
+                         "needs at least one image of the global batch")
+    precision = resolve_precision(precision, device)
+    embedder = ctx.wrap(_Embedder(model)) if processes > 1 else None
     decay = [p for p in model.parameters() if p.ndim >= 2 and p.requires_grad]
     no_decay = [p for p in model.parameters() if p.ndim < 2 and p.requires_grad]
     embeddings = {id(p) for p in model.text_encoder.embeddings.parameters()}
@@ -243,16 +271,27 @@ def train_contrastive(model: ContrastiveModel, tokenizer: CLIPStyleTokenizer,
     history = TrainingHistory()
     start = time.perf_counter()
     model.train()
-    bar = progress(range(config.steps), desc=desc)
+    bar = progress(range(config.steps), desc=desc, disable=None if ctx.is_main else True)
     for step in bar:
         batch = world.sample(config.batch_size, seed=TRAIN_SEED_BASE * (config.seed + 1) + step,
                              split=config.split, kinds=config.kinds)
-        images = batch.tensors().to(device)
         texts = batch.captions + (hard_negative_captions(batch.captions) if config.hard_negatives else [])
-        ids = tokenizer(texts, padding="longest").to(device)  # (T, L<=77); see the module docstring
-        logits = model(images, ids).logits_per_image  # (B, T), T = B + hard negatives
         targets = matching_targets([caption_key(c) for c in batch.captions], [caption_key(t) for t in texts])
-        loss = clip_loss(logits, targets.to(device))
+        if processes == 1:
+            images = batch.tensors().to(device)
+            ids = tokenizer(texts, padding="longest").to(device)  # (T, L<=77); see the module docstring
+            with autocast(device, precision):
+                logits = model(images, ids).logits_per_image  # (B, T), T = B + hard negatives
+                loss = clip_loss(logits, targets.to(device))
+        else:  # this process's images and texts; every process then sees all embeddings and the same loss
+            image_part, text_part = ctx.local_slice(len(batch.captions)), ctx.local_slice(len(texts))
+            images = batch.tensors()[image_part].to(device)
+            ids = tokenizer(texts[text_part], padding="longest").to(device)
+            with autocast(device, precision):
+                image_embeds, text_embeds, scale = embedder(images, ids)
+                image_embeds = all_gather_rows(image_embeds.float(), split_sizes(len(batch.captions), processes))
+                text_embeds = all_gather_rows(text_embeds.float(), split_sizes(len(texts), processes))
+                loss = clip_loss(scale * image_embeds @ text_embeds.T, targets.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:

@@ -1,48 +1,75 @@
 """Train the ShapeWorld attribute network that judges generated images, and ship it in data/.
 
     python scripts/train_attribute_net.py               # a few minutes on 2 CPU cores
+    python scripts/train_attribute_net.py --config configs/train/shapeworld_attribute_net.yaml   # the same
 
 Made by this script: data/shapeworld_attribute_net.safetensors (+ .json, + sha256 in data/manifest.json).
 The accuracy it prints is per pixel on fresh images; the adherence of real images to their own
 captions is measured in tests/test_evaluators.py and notebook 00.
+
+Beyond one CPU (README, "Training bigger"): ``--device cuda --precision bf16`` on a GPU;
+``torchrun --nproc_per_node=N`` splits every global batch of ``--batch-size`` between N processes
+(the same images and augmentations as one process; BatchNorm statistics per process); only rank 0
+prints and saves.
 """
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from course_lib.checkpoints import save_checkpoint
 from course_lib.classifiers import ATTRIBUTE_NET, train_attribute_net
+from course_lib.distributed import distributed_run, resolve_precision
+from course_lib.run_config import add_runtime_arguments, parse_args
 from course_lib.shapeworld import ShapeWorld
 from course_lib.utils import seed_everything
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=64, help="the global batch")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--width", type=int, default=16, help="channels at full resolution")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    seed_everything(args.seed)
-    start = time.time()
-    model, losses = train_attribute_net(args.images, args.epochs, seed=args.seed)
-    minutes = (time.time() - start) / 60
-    test = ShapeWorld().sample(2000, seed=12345, split="all")
-    shape_mask, color_mask = (torch.from_numpy(m).long() for m in test.semantic_masks())
-    with torch.no_grad():
-        s, c = model(test.tensors())
-    fg = shape_mask > 0
-    shape_acc = (s.argmax(1)[fg] == shape_mask[fg]).float().mean().item()
-    color_acc = (c.argmax(1)[fg] == color_mask[fg]).float().mean().item()
-    print(f"foreground pixel accuracy: shape {shape_acc:.4f}, colour {color_acc:.4f}; "
-          f"trained in {minutes:.1f} min")
-    save_checkpoint(model, ATTRIBUTE_NET, config=model.config,
-                    command=f"python scripts/train_attribute_net.py --images {args.images} "
-                            f"--epochs {args.epochs} --seed {args.seed}",
-                    metrics={"shape_pixel_accuracy": round(shape_acc, 4),
-                             "color_pixel_accuracy": round(color_acc, 4),
-                             "train_minutes": round(minutes, 2)})
+    parser.add_argument("--folder", default=None, help="where to save (default: the course's data/)")
+    add_runtime_arguments(parser, resume=False)
+    args = parse_args(parser, argv, script=Path(__file__).name)
+    with distributed_run(args.device) as ctx:
+        ctx.check_same_on_all_ranks(vars(args), "settings")
+        seed_everything(args.seed)
+        start = time.time()
+        model, losses = train_attribute_net(args.images, args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                            seed=args.seed, model_config={"width": args.width},
+                                            distributed=ctx, precision=args.precision)
+        if not ctx.is_main:
+            return
+        minutes = (time.time() - start) / 60
+        model = model.cpu()
+        test = ShapeWorld().sample(2000, seed=12345, split="all")
+        shape_mask, color_mask = (torch.from_numpy(m).long() for m in test.semantic_masks())
+        with torch.no_grad():
+            s, c = model(test.tensors())
+        fg = shape_mask > 0
+        shape_acc = (s.argmax(1)[fg] == shape_mask[fg]).float().mean().item()
+        color_acc = (c.argmax(1)[fg] == color_mask[fg]).float().mean().item()
+        print(f"foreground pixel accuracy: shape {shape_acc:.4f}, colour {color_acc:.4f}; "
+              f"trained in {minutes:.1f} min")
+        extra = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k, default in
+                        (("batch_size", 64), ("lr", 3e-3), ("width", 16)) if getattr(args, k) != default)
+        precision = resolve_precision(args.precision, ctx.device)
+        launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
+        metrics = {"shape_pixel_accuracy": round(shape_acc, 4), "color_pixel_accuracy": round(color_acc, 4),
+                   "train_minutes": round(minutes, 2)}
+        if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
+            metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
+        command = (f"{launcher} scripts/train_attribute_net.py --images {args.images} --epochs {args.epochs} "
+                   f"--seed {args.seed}{extra}" + ("" if precision == "fp32" else f" --precision {precision}"))
+        save_checkpoint(model, ATTRIBUTE_NET, config=model.config, command=command, metrics=metrics,
+                        folder=args.folder)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,18 @@ Made by this script (used from notebook 04 on):
 - data/tokenizer/ (vocab.json, merges.txt, tokenizer_config.json), readable by transformers' CLIPTokenizer;
 - data/clip_shapeworld.safetensors (+ .json with config and metrics, + its sha256 in data/manifest.json):
   the whole ContrastiveModel (text encoder, image encoder, projections, temperature).
+
+Beyond one CPU (README, "Training bigger"): ``--config configs/train/clip_shapeworld.yaml`` (flags
+override it), ``--device cuda --precision bf16`` on a GPU, and ``torchrun --nproc_per_node=N``:
+every process renders the same global batch of ``--batch-size`` pairs, embeds its share, and the
+embeddings are gathered so the loss still compares all of them (as CLIP did across GPUs); only
+rank 0 measures and saves.
 """
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,14 +34,16 @@ from course_lib.clip_training import (
     train_contrastive,
     train_shapeworld_tokenizer,
 )
+from course_lib.distributed import distributed_run, resolve_precision
 from course_lib.paths import data_dir
+from course_lib.run_config import add_runtime_arguments, parse_args
 from course_lib.utils import count_parameters, seed_everything
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=ClipTrainingConfig.steps)
-    parser.add_argument("--batch-size", type=int, default=ClipTrainingConfig.batch_size)
+    parser.add_argument("--batch-size", type=int, default=ClipTrainingConfig.batch_size, help="the global batch")
     parser.add_argument("--lr", type=float, default=ClipTrainingConfig.lr)
     parser.add_argument("--width", type=int, default=64, help="text encoder width")
     parser.add_argument("--layers", type=int, default=3, help="text encoder blocks")
@@ -42,26 +51,41 @@ def main() -> None:
     parser.add_argument("--embed-dim", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-hard-negatives", action="store_true", help="only in-batch negatives")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; 1 is fastest when the 2 cores are shared with other work")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default 1: fastest when the 2 cores are shared with other work; under "
+                             "torchrun, torchrun's OMP_NUM_THREADS per process)")
     parser.add_argument("--dry-run", action="store_true", help="train and measure, but save nothing")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    parser.add_argument("--folder", default=None, help="where to save (default: the course's data/)")
+    add_runtime_arguments(parser, resume=False)
+    args = parse_args(parser, argv, script=Path(__file__).name)
+    with distributed_run(args.device) as ctx:
+        threads = args.threads if args.threads is not None else (1 if ctx.world_size == 1 else None)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        ctx.check_same_on_all_ranks(vars(args), "settings")
+        train_and_save(args, ctx)
+
+
+def train_and_save(args: argparse.Namespace, ctx) -> None:
     seed_everything(args.seed)
     start = time.time()
 
     tokenizer = train_shapeworld_tokenizer(seed=args.seed)
-    print(f"tokenizer: {len(tokenizer)} tokens ({len(tokenizer.merges)} merges), e.g. "
-          f"{tokenizer.tokenize('a small red circle in the top left')}")
+    ctx.print(f"tokenizer: {len(tokenizer)} tokens ({len(tokenizer.merges)} merges), e.g. "
+              f"{tokenizer.tokenize('a small red circle in the top left')}")
 
     config = clip_model_config(tokenizer, width=args.width, layers=args.layers,
                                image_widths=args.image_widths, embed_dim=args.embed_dim)
-    model = init_clip_weights(build_clip_model(**config))
-    print(f"model: {count_parameters(model):,} parameters (text encoder "
-          f"{count_parameters(model.text_encoder):,}, image encoder {count_parameters(model.image_encoder):,})")
+    model = init_clip_weights(build_clip_model(**config)).to(ctx.device)
+    ctx.print(f"model: {count_parameters(model):,} parameters (text encoder "
+              f"{count_parameters(model.text_encoder):,}, image encoder {count_parameters(model.image_encoder):,}); "
+              f"{ctx.world_size} process(es) on {ctx.device}")
     train_config = ClipTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                       hard_negatives=not args.no_hard_negatives)
-    history = train_contrastive(model, tokenizer, train_config)
+    history = train_contrastive(model, tokenizer, train_config, distributed=ctx, precision=args.precision)
+    if not ctx.is_main:
+        return
+    model = model.cpu()
     print(f"trained {train_config.steps} steps of {train_config.batch_size} pairs in {history.seconds / 60:.1f} min; "
           f"loss {sum(history.loss[:10]) / 10:.3f} -> {sum(history.loss[-20:]) / 20:.3f}")
 
@@ -72,11 +96,15 @@ def main() -> None:
     if args.dry_run:
         return
 
-    tokenizer.save(data_dir() / TOKENIZER_FOLDER)
-    command = (f"python scripts/train_clip.py --steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} "
+    folder = Path(args.folder) if args.folder else data_dir()
+    tokenizer.save(folder / TOKENIZER_FOLDER)
+    precision = resolve_precision(args.precision, ctx.device)
+    launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
+    command = (f"{launcher} scripts/train_clip.py --steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} "
                f"--width {args.width} --layers {args.layers} --image-widths {' '.join(map(str, args.image_widths))} "
-               f"--embed-dim {args.embed_dim} --seed {args.seed} --threads {args.threads}"
-               + (" --no-hard-negatives" if args.no_hard_negatives else ""))
+               f"--embed-dim {args.embed_dim} --seed {args.seed} --threads {torch.get_num_threads()}"
+               + (" --no-hard-negatives" if args.no_hard_negatives else "")
+               + ("" if precision == "fp32" else f" --precision {precision}"))
     metrics = {
         "seen": {k: round(v, 4) for k, v in reports["seen"].items()},
         "heldout": {k: round(v, 4) for k, v in reports["held-out"].items()},
@@ -87,8 +115,10 @@ def main() -> None:
         "total_minutes": round(minutes, 2),
         "torch_threads": torch.get_num_threads(),
     }
-    path = save_checkpoint(model, SHIPPED_CLIP, config=config, command=command, metrics=metrics)
-    print(f"saved {path} and data/{TOKENIZER_FOLDER}/")
+    if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
+        metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
+    path = save_checkpoint(model, SHIPPED_CLIP, config=config, command=command, metrics=metrics, folder=folder)
+    print(f"saved {path} and {folder / TOKENIZER_FOLDER}/")
 
 
 if __name__ == "__main__":

@@ -1,39 +1,70 @@
 """Train the MNIST-5k digit classifier that judges generated digits, and ship it in data/.
 
     python scripts/train_digit_classifier.py            # about 1 minute on 2 CPU cores
+    python scripts/train_digit_classifier.py --config configs/train/digit_classifier.yaml   # the same, from its config
 
 Made by this script: data/digit_classifier.safetensors (+ .json, + its sha256 in data/manifest.json).
+
+Beyond one CPU (README, "Training bigger"): ``--device cuda --precision bf16`` on a GPU;
+``torchrun --nproc_per_node=N`` splits every global batch of ``--batch-size`` between N processes
+(the same batches and shifts as one process; dropout differs); only rank 0 prints and saves.
 """
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from course_lib.checkpoints import save_checkpoint
 from course_lib.classifiers import DIGIT_CLASSIFIER, train_digit_classifier
+from course_lib.distributed import distributed_run, resolve_precision
 from course_lib.mnist import MNIST5k
+from course_lib.run_config import add_runtime_arguments, parse_args
 from course_lib.utils import seed_everything
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=64, help="the global batch")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--width", type=int, default=32, help="channels of the first convolution")
+    parser.add_argument("--feature-dim", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    seed_everything(args.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    train, test = MNIST5k("train"), MNIST5k("test")
-    start = time.time()
-    model, losses = train_digit_classifier(train.images, train.labels, epochs=args.epochs, seed=args.seed)
-    minutes = (time.time() - start) / 60
-    with torch.no_grad():
-        acc = (model(test.images).argmax(1) == test.labels).float().mean().item()
-    print(f"test accuracy {acc:.4f} on {len(test)} held-back digits; trained in {minutes:.1f} min")
-    save_checkpoint(model, DIGIT_CLASSIFIER, config=model.config,
-                    command=f"python scripts/train_digit_classifier.py --epochs {args.epochs} --seed {args.seed}",
-                    metrics={"test_accuracy": round(acc, 4), "train_minutes": round(minutes, 2),
-                             "final_loss": round(sum(losses[-50:]) / 50, 4)})
+    parser.add_argument("--folder", default=None, help="where to save (default: the course's data/)")
+    add_runtime_arguments(parser, resume=False)
+    args = parse_args(parser, argv, script=Path(__file__).name)
+    with distributed_run(args.device) as ctx:
+        ctx.check_same_on_all_ranks(vars(args), "settings")
+        seed_everything(args.seed)
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        train, test = MNIST5k("train"), MNIST5k("test")
+        start = time.time()
+        model, losses = train_digit_classifier(train.images, train.labels, epochs=args.epochs,
+                                               batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                               model_config={"width": args.width, "feature_dim": args.feature_dim},
+                                               distributed=ctx, precision=args.precision)
+        if not ctx.is_main:
+            return
+        minutes = (time.time() - start) / 60
+        model = model.cpu()
+        with torch.no_grad():
+            acc = (model(test.images).argmax(1) == test.labels).float().mean().item()
+        print(f"test accuracy {acc:.4f} on {len(test)} held-back digits; trained in {minutes:.1f} min")
+        extra = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k, default in
+                        (("batch_size", 64), ("lr", 2e-3), ("width", 32), ("feature_dim", 128))
+                        if getattr(args, k) != default)
+        precision = resolve_precision(args.precision, ctx.device)
+        launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
+        metrics = {"test_accuracy": round(acc, 4), "train_minutes": round(minutes, 2),
+                   "final_loss": round(sum(losses[-50:]) / 50, 4)}
+        if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
+            metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
+        command = (f"{launcher} scripts/train_digit_classifier.py --epochs {args.epochs} --seed {args.seed}{extra}"
+                   + ("" if precision == "fp32" else f" --precision {precision}"))
+        save_checkpoint(model, DIGIT_CLASSIFIER, config=model.config, command=command, metrics=metrics,
+                        folder=args.folder)
 
 
 if __name__ == "__main__":

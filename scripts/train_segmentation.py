@@ -1,0 +1,92 @@
+"""Train notebook 03's segmentation U-Net and its twin without skip connections, and ship both in data/.
+
+    python scripts/train_segmentation.py            # about 10 minutes on one CPU core (both networks)
+
+On a busy machine, OMP_NUM_THREADS=1 can be several times faster than letting torch spin two threads.
+
+Made by this script: data/segmentation_unet.safetensors and data/segmentation_unet_no_skip.safetensors
+(+ .json with the config and the training curves, + their sha256 in data/manifest.json). Both
+networks see the same images in the same order; they differ only in the skip connections.
+
+Beyond one CPU (README, "Training bigger"): ``--config configs/train/segmentation_unet.yaml`` (flags
+override it), ``--device cuda --precision bf16`` on a GPU, ``torchrun --nproc_per_node=N`` to split
+every global batch of ``--batch-size`` between N processes (BatchNorm statistics per process);
+only rank 0 measures, prints and saves.
+"""
+
+import argparse
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from course_lib.checkpoints import save_checkpoint
+from course_lib.distributed import distributed_run, resolve_precision
+from course_lib.run_config import add_runtime_arguments, parse_args
+from course_lib.segmentation import (
+    SegmentationUNet,
+    SegmentationUNetConfig,
+    mean_iou,
+    predict,
+    shapeworld_segmentation_data,
+    train_segmenter,
+)
+from course_lib.utils import seed_everything
+
+NAMES = {True: "segmentation_unet", False: "segmentation_unet_no_skip"}
+TRAIN_SEED, EVAL_SEED = 0, 1  # notebook 03 tests on fresh images from yet another seed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--batch-size", type=int, default=32, help="the global batch")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--base-channels", type=int, default=8, help="channels of the first level (doubling per level)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["skip", "no-skip"], help="train one of the two networks (default: both)")
+    parser.add_argument("--folder", default=None, help="where to save (default: the course's data/)")
+    add_runtime_arguments(parser, resume=False)
+    args = parse_args(parser, argv, script=Path(__file__).name)
+    with distributed_run(args.device) as ctx:
+        ctx.check_same_on_all_ranks(vars(args), "settings")
+        images, masks = shapeworld_segmentation_data(args.images, seed=TRAIN_SEED)
+        eval_data = shapeworld_segmentation_data(500, seed=EVAL_SEED)
+        precision = resolve_precision(args.precision, ctx.device)
+        for skip in (True, False):
+            if args.only is not None and skip != (args.only == "skip"):
+                continue
+            seed_everything(args.seed)
+            model = SegmentationUNet(SegmentationUNetConfig(skip=skip, base_channels=args.base_channels)).to(ctx.device)
+            start = time.time()
+            hist = train_segmenter(model, images, masks, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                   seed=args.seed, eval_every=100, eval_data=eval_data, desc=NAMES[skip],
+                                   distributed=ctx, precision=args.precision)
+            if not ctx.is_main:
+                continue
+            minutes = (time.time() - start) / 60
+            model = model.cpu()
+            miou = mean_iou(predict(model, eval_data[0]), eval_data[1])
+            every = 10
+            loss_curve = [round(sum(hist.losses[i:i + every]) / every, 4) for i in range(0, len(hist.losses), every)]
+            print(f"{NAMES[skip]}: mean IoU {miou:.4f} on 500 held-back images; trained in {minutes:.1f} min",
+                  flush=True)
+            extra = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k, default in
+                            (("batch_size", 32), ("lr", 3e-3), ("base_channels", 8)) if getattr(args, k) != default)
+            launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
+            metrics = {"eval_mean_iou": round(miou, 4), "train_minutes": round(minutes, 2),
+                       "loss_every_10_steps": loss_curve, "eval_steps": hist.eval_steps,
+                       "eval_mean_iou_curve": [round(v, 4) for v in hist.eval_miou],
+                       "train": {"steps": args.steps, "images": args.images, "batch_size": args.batch_size,
+                                 "lr": args.lr, "seed": args.seed}}
+            if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
+                metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
+            save_checkpoint(model, NAMES[skip], config=asdict(model.config),
+                            command=f"{launcher} scripts/train_segmentation.py --steps {args.steps} "
+                                    f"--images {args.images} --seed {args.seed}{extra}"
+                                    + ("" if precision == "fp32" else f" --precision {precision}"),
+                            metrics=metrics, folder=args.folder)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Train the text-conditioned latent U-Net of notebooks 09-10 and ship it as data/shapeworld_t2i_unet.*.
+
+    python scripts/train_text_to_image.py                       # the shipped checkpoint (see its .json)
+    python scripts/train_text_to_image.py --steps 100 --name scratch --folder /tmp/ckpt   # a quick try
+
+Stable Diffusion's recipe at the course's scale (the same code as notebook 09): ShapeWorld
+training-split images are encoded once by the frozen autoencoder of notebook 08 (scaled latents,
+8x8x4), captions by the frozen CLIP text encoder of notebook 04 ((B, 77, 64) last hidden state),
+10% of the captions are dropped to the empty prompt for classifier-free guidance, and the U-Net
+learns epsilon on SD's scaled-linear schedule (0.00085..0.012, 1000 steps) with AdamW, warm-up,
+gradient clipping and an EMA of the weights, which is what gets saved. ``--max-minutes`` stops
+early; the saved command then names the steps actually taken.
+
+Beyond one CPU (README, "Training bigger"): ``--config configs/train/shapeworld_t2i_unet.yaml`` (flags
+override it), ``--device cuda --precision bf16`` on a GPU, ``torchrun --nproc_per_node=N`` for N
+processes (each encodes the same latents and trains on its slice of every global batch; the result
+matches one process), and ``--checkpoint-dir DIR`` / ``--resume DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from course_lib.clip_training import load_shipped_clip  # noqa: E402
+from course_lib.distributed import distributed_run, resolve_precision  # noqa: E402
+from course_lib.run_config import add_runtime_arguments, parse_args  # noqa: E402
+from course_lib.schedules import make_schedule  # noqa: E402
+from course_lib.text_to_image_training import (  # noqa: E402
+    SHIPPED_T2I_UNET,
+    TRAIN_SEED,
+    LatentCaptionData,
+    TextConditioner,
+    t2i_unet_config,
+)
+from course_lib.training import TrainingConfig, save_diffusion_checkpoint, train_diffusion_model  # noqa: E402
+from course_lib.unet import UNet  # noqa: E402
+from course_lib.utils import count_parameters, seed_everything  # noqa: E402
+from course_lib.vae_training import load_shipped_autoencoder  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch-size", type=int, default=128, help="the global batch (split between torchrun processes)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--images", type=int, default=60000, help="training images, encoded once to latents")
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="block_out_channels")
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 2; under torchrun, torchrun's OMP_NUM_THREADS per process)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop early after this long")
+    p.add_argument("--name", default=SHIPPED_T2I_UNET)
+    p.add_argument("--folder", default=None, help="where to save (default: the course's data/)")
+    add_runtime_arguments(p)
+    args = parse_args(p, argv, script=Path(__file__).name)
+
+    with distributed_run(args.device) as ctx:
+        threads = args.threads if args.threads is not None else (2 if ctx.world_size == 1 else None)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        ctx.check_same_on_all_ranks(vars(args), "settings")
+        seed_everything(args.seed)
+        tokenizer, clip = load_shipped_clip()
+        vae = load_shipped_autoencoder()
+        text = TextConditioner(tokenizer, clip.text_encoder)
+        start = time.time()
+        data = LatentCaptionData.from_shapeworld(vae, args.images, seed=TRAIN_SEED)
+        ctx.print(f"encoded {len(data)} training images to latents {tuple(data.latents.shape[1:])} in "
+                  f"{time.time() - start:.0f} s", flush=True)
+        schedule = make_schedule("scaled_linear")
+        unet = UNet(t2i_unet_config(context_dim=text.context_dim, block_out_channels=tuple(args.channels)))
+        unet = unet.to(ctx.device)
+        ctx.print(f"U-Net: {count_parameters(unet):,} parameters; {schedule}; {ctx.world_size} process(es) on "
+                  f"{ctx.device}", flush=True)
+        config = TrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=200,
+                                ema_decay=args.ema_decay, prediction_type="epsilon", seed=args.seed)
+        start = time.time()
+        result = train_diffusion_model(unet, data.batches(text, args.caption_dropout), schedule, config,
+                                       max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+                                       distributed=ctx, precision=args.precision, checkpoint_dir=args.checkpoint_dir,
+                                       checkpoint_every=args.checkpoint_every, resume=args.resume,
+                                       run_config={"images": args.images, "caption_dropout": args.caption_dropout,
+                                                   "data_seed": TRAIN_SEED})
+        if not ctx.is_main:
+            return
+        minutes = (time.time() - start) / 60
+        precision = resolve_precision(args.precision, ctx.device)
+        tail = result.losses[-200:]
+        print(f"{result.steps} steps ({result.images / len(data):.1f} epochs) in {minutes:.1f} min, "
+              f"{result.images_per_second:.0f} img/s; mean loss of the last {len(tail)} steps "
+              f"{sum(tail) / len(tail):.4f}", flush=True)
+
+        channels = " ".join(map(str, args.channels))
+        launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
+        command = (f"{launcher} scripts/train_text_to_image.py --steps {result.steps} --batch-size {args.batch_size} "
+                   f"--lr {args.lr} --ema-decay {args.ema_decay} --images {args.images} --channels {channels} "
+                   f"--caption-dropout {args.caption_dropout} --seed {args.seed}"
+                   + ("" if precision == "fp32" else f" --precision {precision}"))
+        single_cpu = ctx.world_size == 1 and ctx.device.type == "cpu" and precision == "fp32"
+        metrics = {"steps": result.steps, "epochs": round(result.images / len(data), 2),
+                   "train_minutes": round(minutes, 1), "images_per_second": round(result.images_per_second, 1),
+                   "threads": torch.get_num_threads(), "loss_last_200_steps": round(sum(tail) / len(tail), 4),
+                   "machine": "2 shared CPU cores, fp32" if single_cpu else
+                              f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}",
+                   "loss_every_50_steps": [round(sum(result.losses[i:i + 50]) / len(result.losses[i:i + 50]), 4)
+                                           for i in range(0, len(result.losses), 50)]}
+        if ctx.world_size > 1 or result.start_step:
+            metrics["distributed"] = {"world_size": ctx.world_size, "per_process_batch": args.batch_size
+                                      // ctx.world_size, "replica_difference": result.replica_difference,
+                                      "resumed_from_step": result.start_step}
+        training = {"steps": result.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 200,
+                    "ema_decay": args.ema_decay, "grad_clip": config.grad_clip, "seed": args.seed,
+                    "caption_dropout": args.caption_dropout,
+                    "data": f"{args.images} ShapeWorld train-split images (seeds from {TRAIN_SEED}), latents of "
+                            "the shipped autoencoder, captions through the shipped CLIP text encoder",
+                    "weights": "EMA"}
+        save_diffusion_checkpoint(result.ema, args.name, schedule, "epsilon", command=command, metrics=metrics,
+                                  training=training, folder=args.folder)
+        print(f"saved {args.name} (EMA weights); reproduce with: {command}")
+
+
+if __name__ == "__main__":
+    main()
