@@ -77,6 +77,10 @@ def build_folder(folder: Path, size: int) -> Path:
     StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                             safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(folder / "sd")
+    path = folder / "sd" / "scheduler" / "scheduler_config.json"      # read like the public SD configs,
+    config = json.loads(path.read_text())                              # which predate timestep_spacing
+    config.pop("timestep_spacing")
+    path.write_text(json.dumps(config, indent=2))
     return folder / "sd"
 
 

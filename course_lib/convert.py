@@ -44,7 +44,6 @@ A folder that does not fit raises a ``CheckpointError`` naming the first part th
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from collections.abc import Mapping
@@ -554,16 +553,14 @@ def load_diffusers_pipeline(folder: str | Path, *, use_bf16: bool = False, devic
     except ValueError as err:
         raise CheckpointError(f"text_encoder: {err}") from None
 
-    kwargs: dict[str, Any] = {}
-    if "sampler_options" in inspect.signature(TextToImagePipeline.__init__).parameters:
-        # a pipeline that takes per-sampler options gets the folder's (see sampler_options)
-        options = {}
-        for name in available_samplers():
-            try:
-                options[name] = sampler_options(folder, name)
-            except CheckpointError:
-                pass  # that sampler cannot copy this folder's scheduler; its own defaults stay
-        kwargs["sampler_options"] = options
+    # each sampler gets the folder's scheduler settings where it can follow them (see sampler_options)
+    options = {}
+    for name in available_samplers():
+        try:
+            options[name] = sampler_options(folder, name)
+        except CheckpointError:
+            pass  # that sampler cannot copy this folder's scheduler; its own defaults stay
+    kwargs: dict[str, Any] = {"sampler_options": options}
     try:
         return TextToImagePipeline(tokenizer, text_encoder, unet, vae, schedule, prediction_type,
                                    use_bf16=use_bf16, device=device, **kwargs)

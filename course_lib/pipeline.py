@@ -121,12 +121,15 @@ class TextToImagePipeline:
     notebook 08, whose ``config.scaling_factor`` scales the latents; ``schedule`` and
     ``prediction_type``: what the U-Net was trained with. ``use_bf16`` runs the U-Net in bfloat16
     (its activations and weights; the sampler's arithmetic stays float32), as SD's
-    ``use_bf16: True`` does. ``device``: where the networks run. Defined in notebook 10_full_sampler.
+    ``use_bf16: True`` does. ``device``: where the networks run. ``sampler_options``: per sampler
+name, keyword options for ``samplers.sample`` (notebook 11 passes a public checkpoint's scheduler
+settings). Defined in notebook 10_full_sampler.
     """
 
     def __init__(self, tokenizer: CLIPStyleTokenizer, text_encoder: CLIPTextEncoder, unet: UNet,
                  vae: AutoencoderKL, schedule: NoiseSchedule, prediction_type: str = "epsilon", *,
-                 use_bf16: bool = False, device: str | torch.device = "cpu"):
+                 use_bf16: bool = False, device: str | torch.device = "cpu",
+                 sampler_options: dict[str, dict] | None = None):
         check_prediction_type(prediction_type)
         if unet.config.cross_attention_dim is None:
             raise ValueError("the U-Net has no cross-attention (cross_attention_dim=None): it cannot read a prompt; "
@@ -148,6 +151,9 @@ class TextToImagePipeline:
         self.vae = vae.to(self.device).eval().requires_grad_(False)
         self.schedule = schedule
         self.prediction_type = prediction_type
+        # Per-sampler options for course_lib.samplers.sample (timestep spacing, ...), e.g. from
+        # convert.sampler_options for a public checkpoint's scheduler config.
+        self.sampler_options = {name: dict(opts) for name, opts in (sampler_options or {}).items()}
 
     @property
     def use_bf16(self) -> bool:
@@ -208,7 +214,8 @@ class TextToImagePipeline:
         model_fn = guided_model_fn(self._unet_fn, context, uncond, s.guidance_scale)
         result = sample(model_fn, self.schedule, latents.to(self.device, torch.float32), s.sampler, s.steps,
                         prediction_type=self.prediction_type, generator=torch.Generator().manual_seed(s.seed),
-                        show_progress=True if show_progress is None else show_progress)
+                        show_progress=True if show_progress is None else show_progress,
+                        **self.sampler_options.get(s.sampler, {}))
         images = self.decode(result.sample)
         return GenerationResult(images=images.cpu(), latents=result.sample.cpu(), prompts=prompts,
                                 negative_prompts=negatives, seeds=seeds, model_calls=result.model_calls,

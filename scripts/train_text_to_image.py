@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=128, help="the global batch (split between torchrun processes)")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--ema-decay", type=float, default=0.995)
     p.add_argument("--images", type=int, default=60000, help="training images, encoded once to latents")
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="block_out_channels")
     p.add_argument("--caption-dropout", type=float, default=0.1)

@@ -12,7 +12,6 @@ v outputs as diffusers does, 2e-5. Asserted: ATOL = 5e-5.
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 
@@ -55,7 +54,6 @@ ATOL = 5e-5
 STEPS = 10
 GUIDANCE = 7.5
 PROMPT, STYLE = "A dog eats a carrot", "cinematic-default"
-PIPELINE_TAKES_SAMPLER_OPTIONS = "sampler_options" in inspect.signature(TextToImagePipeline.__init__).parameters
 
 # The scheduler configs of the public folders, as they are on the Hub (older diffusers wrote no
 # timestep_spacing). SD 1.5 and SD 2.1-base: PNDM (PLMS), epsilon; SD 2.1 (768): DDIM, v-prediction.
@@ -205,13 +203,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-PIPELINE_CASES = [
-    pytest.param(name, sampler, marks=pytest.mark.xfail(
-        not PIPELINE_TAKES_SAMPLER_OPTIONS, strict=True,
-        reason="diffusers' PNDMScheduler combines raw v outputs; TextToImagePipeline cannot yet pass "
-               "combine='model_output' to the sampler (test_folder_scheduler_settings_match_diffusers covers it)"))
-    if (name, sampler) == ("sd2_v", "plms") else (name, sampler)
-    for name in CASES for sampler in REFERENCE_SCHEDULERS]
+PIPELINE_CASES = [(name, sampler) for name in CASES for sampler in REFERENCE_SCHEDULERS]
 
 
 @pytest.mark.parametrize("name, sampler", PIPELINE_CASES)

@@ -187,9 +187,11 @@ plt.show()
 # ## 5. float32 and bfloat16
 #
 # SD's `v2-inference-bf16.yaml` sets `use_bf16: True`: the U-Net computes in bfloat16 (8 exponent
-# bits like float32, 7 mantissa bits instead of 23), which halves its memory traffic. This CPU has
-# AVX-512 bf16 instructions, so the speed-up is real here, not simulated. The sampler's own
-# arithmetic stays in float32. We time 64 images and compare the pixels and the adherence.
+# bits like float32, 7 mantissa bits instead of 23), which halves its memory traffic. Whether that is
+# faster depends on the hardware: GPUs with tensor cores and CPUs with AVX-512 bf16 or AMX
+# instructions have fast bf16 kernels; on a CPU without them PyTorch falls back to slow generic
+# code. The cell prints what this machine has. The sampler's own arithmetic stays in float32. We
+# time 64 images and compare the pixels and the adherence.
 
 # %%
 from course_lib.adherence import score_adherence
@@ -204,6 +206,7 @@ for name, p in (("fp32", pipe), ("bf16", pipe16)):
     results[name] = p(captions, seed=0, show_progress=False)
     timing[name] = time.perf_counter() - start
 diff = (results["fp32"].images - results["bf16"].images).abs()
+print("PyTorch's CPU kernels on this machine:", torch.backends.cpu.get_cpu_capability())
 print(f"64 images, 20 DPM-Solver++ steps, guidance 4, {torch.get_num_threads()} threads: "
       f"fp32 {timing['fp32']:.1f} s, bf16 {timing['bf16']:.1f} s (bf16 is {timing['fp32'] / timing['bf16']:.2f}x)")
 print(f"pixels (0..1): max |fp32 - bf16| {diff.max():.3f}, mean {diff.mean():.4f}")
@@ -212,10 +215,11 @@ for name, r in results.items():
     print(f"{name}: adherence overall {rep.overall:.3f}, exact {rep.exact:.3f}")
 
 # %% [markdown]
-# bfloat16 keeps float32's range, so nothing overflows; its 3 significant digits change the
-# pixels a little (the numbers above), and the adherence barely or not at all. Whether it is
-# faster depends on the hardware: on a GPU with tensor cores it roughly halves the time; on this
-# CPU, for a model this small, look at the measured ratio above rather than assume.
+# bfloat16 keeps float32's range, so nothing overflows; its 3 significant digits move the pixels a
+# little on average (the mean above), and here and there tip an edge pixel the other way (the
+# maximum); the adherence changes little. The speed is the hardware's verdict, printed above: on a
+# machine whose PyTorch reports only AVX2, bf16 convolutions take a slow path and bf16 loses; on
+# a GPU it roughly halves the time. Measure, don't assume.
 #
 # ## 6. Try it yourself
 # Type a prompt in ShapeWorld's language (colours: red, green, blue, yellow, purple, cyan, white,
@@ -252,7 +256,7 @@ with tempfile.TemporaryDirectory() as tmp:
            "dpm-solver++", "--steps", "20", "--guidance", "4", "--seed", "0", "--out", str(png)]
     run = subprocess.run(cmd, capture_output=True, text=True, check=True)
     print(run.stdout.split(" to ")[0], "(the command line printed)")
-    from_cli = torch.from_numpy(np.asarray(Image.open(png))).permute(2, 0, 1).float() / 255
+    from_cli = torch.from_numpy(np.array(Image.open(png))).permute(2, 0, 1).float() / 255
 print("the command line's image == the pipeline's (to 8-bit PNG precision):",
       (from_cli - out.images[0]).abs().max().item() <= 1 / 255 + 1e-6)
 
@@ -285,18 +289,27 @@ for split, label in (("train", "seen"), ("heldout", "held-out")):
     print(f"{label}: overall {chosen[split]['overall']:.3f} {verdict} the goal {goal[split]}")
 
 # %% [markdown]
-# Reading the table honestly:
-# * **Single objects** (shape, colour) are the easy part, on seen and held-out combinations alike:
-#   the model composes a colour word and a shape word it never saw together.
-# * **Two objects, position and colour binding** are the hard part, exactly as for the real models
-#   (GenEval's two-object and attribute-binding categories are where SD 1.5, 2.1 and SDXL score
+# Reading the table honestly (the next cell ranks the categories from the numbers):
+# * **Shapes** are the easy part: one object of the named shape, on seen and held-out combinations.
+# * **Colour** is harder than shape for this model, and harder again for held-out pairs (a colour
+#   word with a shape it never saw in that colour): composing unseen combinations works only partly.
+# * **Colour binding** in two-object scenes is the hardest category, as it is for the real models
+#   (GenEval's attribute-binding and two-object categories are where SD 1.5, 2.1 and SDXL score
 #   lowest; their overall scores are about 0.43, 0.50 and 0.55). The typical failure gives both
-#   objects one colour or one shape: the colour word is not *bound* to its noun.
+#   objects one colour: the colour word is not *bound* to its noun.
 # * GenEval's numbers and ours measure different worlds and are not comparable; what carries over is
-#   which categories are hard. Where the goal is missed, the measured path forward is in the
-#   training notes of `scripts/train_text_to_image.py`: a longer run (the loss was still falling),
-#   a larger text encoder, and more cross-attention capacity.
-#
+#   which categories are hard. The goal is missed. The loss was still falling when the shipped run
+#   stopped (notebook 09, section 3), so longer training is the first thing to try
+#   (`configs/train/shapeworld_t2i_unet.yaml`, on a GPU: README, "Training bigger"); a larger text
+#   encoder and more cross-attention capacity are the next.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for split, label in (("train", "seen"), ("heldout", "held-out")):
+    ranked = sorted(categories[:6], key=lambda c: -chosen[split][c])
+    print(f"{label:9s} easiest to hardest: " + " > ".join(f"{c} {chosen[split][c]:.2f}" for c in ranked))
+
+# %% [markdown]
 # A live check on 64 captions per split, which CI recomputes:
 
 # %%
@@ -352,8 +365,8 @@ except Exception as e:
 # * `configs/shapeworld-inference.yaml` describes the model the way SD's YAML files do (`target` +
 #   `params`, SD's key names); `course_lib.config.build_from_config` instantiates it and loads
 #   checksum-verified weights, and rejects missing keys, unknown keys and weights that do not fit.
-# * bfloat16 (SD's `use_bf16`) changes the pixels slightly and the adherence hardly at all; its
-#   speed depends on the hardware, measured above.
+# * bfloat16 (SD's `use_bf16`) changes the pixels slightly and the adherence little; its speed
+#   depends on the hardware (on this CPU, without bf16 instructions, it is slower: measured above).
 # * The same sampler is an interactive widget and a command line (`python -m course_lib.generate`).
 # * Measured with 20 DPM-Solver++ steps: single objects are easy, even for held-out colour-shape
 #   pairs; attribute binding in two-object scenes is the bottleneck, as it is for SD itself.

@@ -291,6 +291,12 @@ def build_tiny_sd(folder: Path) -> Path:
     StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                             safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(folder / "tiny-sd")
+    # The public SD folders' scheduler configs predate `timestep_spacing`; a recent diffusers writes
+    # "leading", which DPM-Solver would then inherit. Make the tiny folder's config read like theirs.
+    path = folder / "tiny-sd" / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config.pop("timestep_spacing")
+    path.write_text(json.dumps(config, indent=2))
     return folder / "tiny-sd"
 
 
@@ -310,9 +316,8 @@ for path in sorted(folder.rglob("*")):
 # conventions. `sampler_options` turns them into the options of the course's samplers
 # (`course_lib.samplers.sample`), reading the config as `diffusers` would after
 # `DDIMScheduler.from_config(config)`. For the public SD configs they are the course's defaults,
-# which are SD's. (A folder written by a recent `diffusers`, like the tiny one, spells out
-# `"timestep_spacing": "leading"`, and then even DPM-Solver inherits "leading" spacing: one reason
-# section 5 builds the schedulers it compares with explicitly.)
+# which are SD's; only PLMS on a v-prediction model (SD 2.1 at 768) needs an option,
+# `combine="model_output"`, because diffusers combines the raw v outputs.
 
 # %%
 print(json.dumps({k: v for k, v in json.loads((folder / "scheduler" / "scheduler_config.json").read_text()).items()
@@ -345,7 +350,8 @@ print(f"  images        {pipe.latent_shape} latents -> {pipe.latent_shape[1] * 2
 # Now the test that matters. `diffusers` loads the same folder into its own classes; both
 # pipelines get the same prompt (the article's hare, with its "sai-fantasy art" style), the same
 # negative prompt, guidance scale 7.5, the same starting latents, and each of the course's
-# deterministic samplers at 20 steps, with `diffusers`' scheduler built to match it (notebook 07).
+# deterministic samplers at 20 steps, with the `diffusers` scheduler it equals (notebook 07) built
+# from the folder's scheduler config, as a `diffusers` user would swap schedulers.
 # The pictures must agree to float32 precision.
 
 # %%
@@ -355,13 +361,11 @@ reference = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None,
                                                     requires_safety_checker=False).to(device)
 reference.set_progress_bar_config(disable=not REAL)
 FOLDER_SCHEDULER = dict(reference.scheduler.config)        # the folder's own, before we swap schedulers
-LEADING, LINSPACE = {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "linspace"}
-MATCHING = {  # course sampler -> the diffusers scheduler it equals, with SD's settings (notebook 07)
-    "ddim": (DDIMScheduler, {**LEADING, "clip_sample": False, "set_alpha_to_one": False}),
-    "plms": (PNDMScheduler, {**LEADING, "skip_prk_steps": True, "set_alpha_to_one": False}),
-    "dpm-solver": (DPMSolverMultistepScheduler, {**LINSPACE, "algorithm_type": "dpmsolver",
-                                                 "final_sigmas_type": "sigma_min"}),
-    "dpm-solver++": (DPMSolverMultistepScheduler, {**LINSPACE, "algorithm_type": "dpmsolver++"}),
+MATCHING = {  # course sampler -> the diffusers scheduler it equals, built from the folder's config (notebook 07)
+    "ddim": (DDIMScheduler, {"clip_sample": False}),          # DDIMScheduler's default would clip x0
+    "plms": (PNDMScheduler, {"skip_prk_steps": True}),
+    "dpm-solver": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
+    "dpm-solver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
 }
 STEPS, GUIDANCE, SEED = 20, 7.5, 0
 
@@ -443,9 +447,15 @@ plt.show()
 # The article's SD 2 config (`v2-inference-bf16.yaml`) runs the U-Net in bfloat16: the same 8-bit
 # exponent as float32 with a 7-bit mantissa (float32 is single precision, not double). The course's
 # pipeline does the same with `use_bf16=True`; everything around the U-Net (text encoder, sampler
-# arithmetic, decoder) stays float32. The pictures change a little, not the composition.
+# arithmetic, decoder) stays float32. The pictures change a little, not the composition. Whether it
+# is faster depends on the hardware: GPUs and CPUs with bfloat16 instructions (AVX-512 BF16, AMX)
+# run it faster; on a CPU without them PyTorch falls back to slow bfloat16 convolutions and it is
+# several times *slower* (`benchmarks/pipeline_speed.py` measures it).
 
 # %%
+del reference                                      # make room on a small GPU for a second course pipeline
+if HAS_GPU:
+    torch.cuda.empty_cache()
 pipe_bf16 = load_diffusers_pipeline(folder, use_bf16=True, device=device)
 fp32 = pipe(hare, style=hare_style, sampler="dpm-solver++", steps=STEPS, guidance_scale=GUIDANCE, latents=latents,
             show_progress=False)
