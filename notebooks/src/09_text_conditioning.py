@@ -143,7 +143,11 @@ class SpatialTransformerByHand(nn.Module):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from diffusers import Transformer2DModel
+import warnings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)   # a deprecation notice inside diffusers
+    from diffusers import Transformer2DModel
 
 from course_lib.attention import SpatialTransformer
 
