@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=256, help="captions per split")
+    p.add_argument("--n", type=int, default=200, help="captions per split")
     p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0, 8.0])
     p.add_argument("--sampler", default="dpm-solver++")
     p.add_argument("--steps", type=int, default=20)

@@ -20,7 +20,7 @@ from course_lib.paths import REPO_ROOT
 from course_lib.pipeline import load_shipped_pipeline
 from course_lib.prompt_eval import evaluate_prompts
 
-# Thresholds a little below what benchmarks/results/text_to_image_quality.json measured (n=256).
+# Thresholds a little below what benchmarks/results/text_to_image_quality.json measured (n=200).
 RESULTS = json.loads((REPO_ROOT / "benchmarks" / "results" / "text_to_image_quality.json").read_text())
 MEASURED = {(r["split"], r["guidance"]): r for r in RESULTS["rows"]}
 

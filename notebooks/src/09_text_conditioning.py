@@ -443,8 +443,8 @@ for style in ("none", "cinematic-default", "sai-fantasy art"):
 #
 # ## 7. How much guidance? Adherence against diversity
 #
-# `benchmarks/text_to_image_quality.py` sweeps the guidance scale with the shipped model: 256
-# captions of combinations seen in training and 256 with a held-out colour-shape pair, one image
+# `benchmarks/text_to_image_quality.py` sweeps the guidance scale with the shipped model: 200
+# captions of combinations seen in training and 200 with a held-out colour-shape pair, one image
 # each, 20 DPM-Solver++ steps, the same seeds at every scale. It measures adherence (GenEval's
 # categories, notebook 00) and, on the attribute network's features, the Frechet distance to real
 # images of the same captions and the recall (the share of the real variety the images cover).

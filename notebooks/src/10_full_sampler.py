@@ -264,7 +264,7 @@ print("the command line's image == the pipeline's (to 8-bit PNG precision):",
 # ## 8. How good is it? Adherence and Frechet distance
 #
 # `benchmarks/text_to_image_quality.py` measures the shipped model with 20 DPM-Solver++ steps on
-# 256 captions of combinations seen in training and 256 with a held-out colour-shape pair
+# 200 captions of combinations seen in training and 200 with a held-out colour-shape pair
 # (notebook 00's split), one image each, scored by the judges of notebook 00. The issue that asked
 # for this model set a goal of overall adherence 0.9 on seen and 0.75 on held-out combinations.
 
