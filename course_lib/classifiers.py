@@ -19,6 +19,7 @@ from torch import nn
 
 from .checkpoints import load_checkpoint
 from .distributed import DistributedContext, autocast, resolve_precision
+from .training_state import Checkpointing, describe_model
 from .utils import progress
 
 DIGIT_CLASSIFIER = "digit_classifier"
@@ -77,11 +78,16 @@ def _reduced_loss(ctx: DistributedContext, loss: torch.Tensor, n_local: int, n_g
     return float(total[0]) / n_global
 
 
+def _resumed_bar(first: int, total: int) -> dict:
+    """``progress`` arguments for a bar of ``total`` that starts at ``first`` (nothing for a fresh run)."""
+    return {"initial": first, "total": total} if first else {}
+
+
 def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 15, batch_size: int = 64,
                            lr: float = 2e-3, seed: int = 0, model: DigitClassifier | None = None, *,
                            model_config: dict | None = None, device: str | torch.device | None = None,
-                           distributed: DistributedContext | None = None, precision: str = "fp32"
-                           ) -> tuple[DigitClassifier, list[float]]:
+                           distributed: DistributedContext | None = None, precision: str = "fp32",
+                           checkpoint: Checkpointing | None = None) -> tuple[DigitClassifier, list[float]]:
     """Train a :class:`DigitClassifier` with random shifts; returns it and the loss per step.
 
     Defined in notebook 00_welcome. Beyond one CPU (README, "Training bigger"): the model trains
@@ -89,7 +95,8 @@ def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: i
     global batch of ``batch_size`` (and its shifts) as one process would and trains on its slice,
     so the union of the slices is the single-process batch; ``precision``: autocast (``"bf16"``...).
     Without ``model``, one is built from ``model_config`` (``DigitClassifier`` arguments) on ``device``
-    (default: the context's device).
+    (default: the context's device). ``checkpoint``: a ``training_state.Checkpointing`` (save, resume
+    and stop the run; a step is one batch, ``epochs * ceil(len(images) / batch_size)`` in all).
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -99,31 +106,55 @@ def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: i
     precision = resolve_precision(precision, device)
     net = ctx.wrap(model) if ctx.is_distributed else model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(images) + batch_size - 1) // batch_size)
+    per_epoch = (len(images) + batch_size - 1) // batch_size
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    losses = []
+    ckpt = checkpoint or Checkpointing()
+    run_config = {"trainer": "train_digit_classifier", "model": describe_model(model),
+                  "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                               "weight_decay": 1e-4, "max_shift": 2},
+                  "data": {"images": list(images.shape), "labels": list(labels.shape)}}
+    state = ckpt.begin(ctx, run_config, total=steps, modules={"model": model}, optimizers={"optimizer": opt},
+                       schedulers={"lr_schedule": sched}, generators={"batches": g})
+    losses = [float(v) for v in state.meta["loop"]["losses"]] if state is not None else []
+    perm = state.tensors.get("data.order") if state is not None else None
+    step = ckpt.start_step
+
+    def loop_state() -> tuple[dict, dict]:
+        return ({"data.order": perm} if perm is not None else {}), {"losses": losses}
+
     model.train()
-    for _ in progress(range(epochs), desc="digit classifier", disable=None if ctx.is_main else True):
-        perm = torch.randperm(len(images), generator=g)
-        for i in range(0, len(images), batch_size):
+    first_epoch = step // per_epoch
+    for _ in progress(range(first_epoch, epochs), desc="digit classifier", disable=None if ctx.is_main else True,
+                      **_resumed_bar(first_epoch, epochs)):
+        if step >= ckpt.end_step:
+            break
+        if step % per_epoch == 0:  # a new epoch (a run resumed within an epoch keeps its saved order)
+            perm = torch.randperm(len(images), generator=g)
+        for i in range((step % per_epoch) * batch_size, len(images), batch_size):
             idx = perm[i:i + batch_size]
             x = random_shift(images[idx], 2, g)
             world, part = _global_loss_step(ctx, len(idx))
-            if world == 1:
-                with autocast(device, precision):
-                    loss = F.cross_entropy(net(x.to(device)), labels[idx].to(device))
-            else:   # this process's rows of the global batch; scaled so DDP's average is the global mean
-                if len(idx) < world:
-                    continue  # a last batch too small to share: skipped (its shifts were drawn all the same)
-                with autocast(device, precision):
-                    local = F.cross_entropy(net(x[part].to(device)), labels[idx][part].to(device))
-                loss = local * ((part.stop - part.start) * world / len(idx))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item() if world == 1 else _reduced_loss(ctx, local, part.stop - part.start, len(idx)))
-    ctx.average_buffers(model)  # BatchNorm statistics (each process saw its own slices)
+            # with several processes, a last batch too small to share is skipped (its shifts were drawn all the same)
+            if world == 1 or len(idx) >= world:
+                if world == 1:
+                    with autocast(device, precision):
+                        loss = F.cross_entropy(net(x.to(device)), labels[idx].to(device))
+                else:   # this process's rows of the global batch; scaled so DDP's average is the global mean
+                    with autocast(device, precision):
+                        local = F.cross_entropy(net(x[part].to(device)), labels[idx][part].to(device))
+                    loss = local * ((part.stop - part.start) * world / len(idx))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item() if world == 1 else
+                              _reduced_loss(ctx, local, part.stop - part.start, len(idx)))
+            step += 1
+            ckpt.step_done(step, loop_state)
+            if step >= ckpt.end_step:
+                break
+    ckpt.finish(step, loop_state, average_buffers=[model])  # BatchNorm statistics (each process saw its own slices)
     return model.eval(), losses
 
 
@@ -206,8 +237,8 @@ def augment_for_robustness(x: torch.Tensor, generator: torch.Generator | None = 
 def train_attribute_net(world_size: int = 20000, epochs: int = 4, batch_size: int = 64, lr: float = 3e-3,
                         seed: int = 0, model: AttributeNet | None = None, *,
                         model_config: dict | None = None, device: str | torch.device | None = None,
-                        distributed: DistributedContext | None = None, precision: str = "fp32"
-                        ) -> tuple[AttributeNet, list[float]]:
+                        distributed: DistributedContext | None = None, precision: str = "fp32",
+                        checkpoint: Checkpointing | None = None) -> tuple[AttributeNet, list[float]]:
     """Train an :class:`AttributeNet` on ``world_size`` ShapeWorld images of every combination
     (held-out ones included: the judge must read them). Returns it and the loss per step.
 
@@ -215,6 +246,7 @@ def train_attribute_net(world_size: int = 20000, epochs: int = 4, batch_size: in
     ``train_digit_classifier``: every process renders the same images and draws the global batch
     (and its augmentation), then trains on its slice; BatchNorm statistics are per process.
     Without ``model``, one is built from ``model_config`` (``AttributeNet`` arguments) on ``device``.
+    ``checkpoint``: a ``training_state.Checkpointing`` (save, resume and stop the run; a step is one batch).
     """
     from .shapeworld import ShapeWorld
 
@@ -229,36 +261,58 @@ def train_attribute_net(world_size: int = 20000, epochs: int = 4, batch_size: in
     precision = resolve_precision(precision, device)
     net = ctx.wrap(model) if ctx.is_distributed else model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((world_size + batch_size - 1) // batch_size)
+    per_epoch = (world_size + batch_size - 1) // batch_size
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    losses = []
+    ckpt = checkpoint or Checkpointing()
+    run_config = {"trainer": "train_attribute_net", "model": describe_model(model),
+                  "settings": {"images": world_size, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                               "seed": seed, "weight_decay": 1e-4}}
+    state = ckpt.begin(ctx, run_config, total=steps, modules={"model": model}, optimizers={"optimizer": opt},
+                       schedulers={"lr_schedule": sched}, generators={"batches": g})
+    losses = [float(v) for v in state.meta["loop"]["losses"]] if state is not None else []
+    perm = state.tensors.get("data.order") if state is not None else None
+    step = ckpt.start_step
+
+    def loop_state() -> tuple[dict, dict]:
+        return ({"data.order": perm} if perm is not None else {}), {"losses": losses}
+
     model.train()
-    for _ in progress(range(epochs), desc="attribute net", disable=None if ctx.is_main else True):
-        perm = torch.randperm(world_size, generator=g)
-        for i in range(0, world_size, batch_size):
+    first_epoch = step // per_epoch
+    for _ in progress(range(first_epoch, epochs), desc="attribute net", disable=None if ctx.is_main else True,
+                      **_resumed_bar(first_epoch, epochs)):
+        if step >= ckpt.end_step:
+            break
+        if step % per_epoch == 0:  # a new epoch (a run resumed within an epoch keeps its saved order)
+            perm = torch.randperm(world_size, generator=g)
+        for i in range((step % per_epoch) * batch_size, world_size, batch_size):
             idx = perm[i:i + batch_size]
             x = augment_for_robustness(images[idx], g)
             world, part = _global_loss_step(ctx, len(idx))
-            if world == 1:
-                with autocast(device, precision):
-                    shape_logits, color_logits = net(x.to(device))
-                    loss = F.cross_entropy(shape_logits, shape_mask[idx].to(device)) + \
-                        F.cross_entropy(color_logits, color_mask[idx].to(device))
-            else:
-                if len(idx) < world:
-                    continue
-                rows = idx[part]
-                with autocast(device, precision):
-                    shape_logits, color_logits = net(x[part].to(device))
-                    local = F.cross_entropy(shape_logits, shape_mask[rows].to(device)) + \
-                        F.cross_entropy(color_logits, color_mask[rows].to(device))
-                loss = local * ((part.stop - part.start) * world / len(idx))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item() if world == 1 else _reduced_loss(ctx, local, part.stop - part.start, len(idx)))
-    ctx.average_buffers(model)  # BatchNorm statistics (each process saw its own slices)
+            if world == 1 or len(idx) >= world:  # with several processes, a last batch too small to share is skipped
+                if world == 1:
+                    with autocast(device, precision):
+                        shape_logits, color_logits = net(x.to(device))
+                        loss = F.cross_entropy(shape_logits, shape_mask[idx].to(device)) + \
+                            F.cross_entropy(color_logits, color_mask[idx].to(device))
+                else:
+                    rows = idx[part]
+                    with autocast(device, precision):
+                        shape_logits, color_logits = net(x[part].to(device))
+                        local = F.cross_entropy(shape_logits, shape_mask[rows].to(device)) + \
+                            F.cross_entropy(color_logits, color_mask[rows].to(device))
+                    loss = local * ((part.stop - part.start) * world / len(idx))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item() if world == 1 else
+                              _reduced_loss(ctx, local, part.stop - part.start, len(idx)))
+            step += 1
+            ckpt.step_done(step, loop_state)
+            if step >= ckpt.end_step:
+                break
+    ckpt.finish(step, loop_state, average_buffers=[model])  # BatchNorm statistics (each process saw its own slices)
     return model.eval(), losses
 
 

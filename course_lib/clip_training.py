@@ -49,6 +49,7 @@ from .clip import (
 from .distributed import DistributedContext, all_gather_rows, autocast, resolve_precision, split_sizes
 from .paths import data_dir
 from .tokenizer import CLIPStyleTokenizer, train_bpe
+from .training_state import Checkpointing, describe_model
 from .utils import progress
 
 SHIPPED_CLIP = "clip_shapeworld"
@@ -232,7 +233,7 @@ def train_contrastive(model: ContrastiveModel, tokenizer: CLIPStyleTokenizer,
                       config: ClipTrainingConfig | None = None, world: sw.ShapeWorld | None = None,
                       callback: Callable[[int, ContrastiveModel], None] | None = None,
                       desc: str = "contrastive training", *, distributed: DistributedContext | None = None,
-                      precision: str = "fp32") -> TrainingHistory:
+                      precision: str = "fp32", checkpoint: Checkpointing | None = None) -> TrainingHistory:
     """Train ``model`` on fresh ShapeWorld image-caption batches with CLIP's symmetric loss.
 
     Captions with the same meaning (``caption_key``) count as matches (``matching_targets``); hard
@@ -245,7 +246,9 @@ def train_contrastive(model: ContrastiveModel, tokenizer: CLIPStyleTokenizer,
     autocast (``"bf16"``...). With ``distributed`` (a torchrun process's context) every process
     renders the same global batch, embeds its slice of the images and of the texts, and gathers all
     embeddings (as CLIP did across GPUs), so the loss compares every image with every text of the
-    global batch: the same training as one process, to float tolerance.
+    global batch: the same training as one process, to float tolerance. ``checkpoint``: a
+    ``training_state.Checkpointing`` (save, resume and stop the run; a step's batch depends only on
+    the step, so nothing about the data needs saving).
     """
     if not isinstance(model, ContrastiveModel):
         raise TypeError(f"model must be a course_lib.clip.ContrastiveModel, got {type(model).__name__}")
@@ -269,9 +272,26 @@ def train_contrastive(model: ContrastiveModel, tokenizer: CLIPStyleTokenizer,
                             lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, config))
     history = TrainingHistory()
+    ckpt = checkpoint or Checkpointing()
+    run_config = {"trainer": "train_contrastive", "model": describe_model(model), "settings": asdict(config),
+                  "tokenizer": {"tokens": len(tokenizer)}}
+    state = ckpt.begin(ctx, run_config, total=config.steps, modules={"model": model}, optimizers={"optimizer": opt},
+                       schedulers={"lr_schedule": sched})
+    seconds_before = 0.0
+    if state is not None:
+        loop = state.meta["loop"]
+        history.loss, history.scale = [float(v) for v in loop["loss"]], [float(v) for v in loop["scale"]]
+        seconds_before = float(loop["seconds"])
+    first, end = ckpt.start_step, ckpt.end_step
     start = time.perf_counter()
+
+    def loop_state() -> tuple[dict, dict]:
+        return {}, {"loss": history.loss, "scale": history.scale,
+                    "seconds": seconds_before + time.perf_counter() - start}
+
     model.train()
-    bar = progress(range(config.steps), desc=desc, disable=None if ctx.is_main else True)
+    bar = progress(range(first, end), desc=desc, disable=None if ctx.is_main else True,
+                   **({"initial": first, "total": config.steps} if first or end != config.steps else {}))
     for step in bar:
         batch = world.sample(config.batch_size, seed=TRAIN_SEED_BASE * (config.seed + 1) + step,
                              split=config.split, kinds=config.kinds)
@@ -304,8 +324,10 @@ def train_contrastive(model: ContrastiveModel, tokenizer: CLIPStyleTokenizer,
             bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{history.scale[-1]:.1f}")
         if callback is not None:
             callback(step, model)
+        ckpt.step_done(step + 1, loop_state)
+    ckpt.finish(max(first, end), loop_state)
     model.eval()
-    history.seconds = time.perf_counter() - start
+    history.seconds = seconds_before + time.perf_counter() - start
     return history
 
 

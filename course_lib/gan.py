@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import DistributedContext, check_batch_divisible
+from .training_state import Checkpointing, describe_model
 from .utils import progress
 
 __all__ = [
@@ -315,6 +317,22 @@ class GANHistory:
     d_fake: list[float] = field(default_factory=list)
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
+    # Beyond one CPU (README, "Training bigger"): the step a resumed run started from, and the largest
+    # weight difference between processes at the end (0.0 in one process).
+    start_step: int = 0
+    replica_difference: float = 0.0
+
+
+class _RealAndFake(nn.Module):
+    """The discriminator on a real and a fake batch in one call: one DistributedDataParallel forward
+    (and one gradient average) per discriminator update, whatever the two calls inside."""
+
+    def __init__(self, discriminator: nn.Module):
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.discriminator(real), self.discriminator(fake)
 
 
 def real_batch(data: RealData, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -338,13 +356,26 @@ def _check_data(data: RealData) -> None:
 
 
 def train_gan(generator: nn.Module, discriminator: nn.Module, data: RealData,
-              config: GANTrainConfig | None = None, show_progress: bool = True) -> GANHistory:
+              config: GANTrainConfig | None = None, show_progress: bool = True, *,
+              distributed: DistributedContext | None = None, checkpoint: Checkpointing | None = None
+              ) -> GANHistory:
     """Train ``generator`` and ``discriminator`` in place against each other on real ``data``.
 
     ``data``: a tensor of real samples (N, ...) or a function ``(n, torch.Generator) -> (n, ...)``
     (e.g. ``mixture.sample``). The generator must have ``latent_dim``. Runs on the networks'
     device; all randomness comes from ``config.seed``. Returns a :class:`GANHistory`.
     Defined in notebook 01_gan_vs_diffusion.
+
+    Beyond one CPU (not built in the notebook; README, "Training bigger"): with ``distributed`` (a
+    torchrun process's context; the networks already on its device) both networks are wrapped in
+    DistributedDataParallel. Every process draws the whole global batch of real samples and
+    latents from the one seeded generator and keeps its slice, D's update averages D's gradients
+    over the processes (one forward of D on the real and the fake slice), then G's update averages
+    G's; the losses recorded are the global means. Without BatchNorm this is the single-process run
+    to float tolerance; with BatchNorm (the DCGAN) each process normalises by its own slice's
+    statistics (``torch.nn.SyncBatchNorm`` is CUDA-only), and the running statistics are averaged at
+    the end. ``checkpoint``: a ``training_state.Checkpointing`` (save, resume and stop the run;
+    ``config.steps`` may grow on resume, as no learning-rate schedule depends on it).
     """
     config = config or GANTrainConfig()
     config.validate()
@@ -375,9 +406,41 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: RealData,
         raise ValueError(f"the discriminator must return one logit per sample, (B,) or (B, 1); got "
                          f"{tuple(d_out.shape)} for B=2")
 
+    ctx = distributed or DistributedContext(device=device)
+    world = ctx.world_size if ctx.is_distributed else 1
+    if world > 1:
+        check_batch_divisible(config.batch_size, world, "batch_size")
+        if device != ctx.device:
+            raise ValueError(f"the generator is on {device} but this process trains on {ctx.device}; move both "
+                             "networks there first: .to(ctx.device)")
+    part = ctx.local_slice(config.batch_size) if world > 1 else slice(None)  # this process's rows of a batch
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_discriminator, betas=config.betas)
     history = GANHistory()
+    ckpt = checkpoint or Checkpointing()
+    run_config = {"trainer": "train_gan", "generator": describe_model(generator),
+                  "discriminator": describe_model(discriminator),
+                  "settings": {k: v for k, v in asdict(config).items()
+                               if k not in ("steps", "snapshot_steps", "snapshot_size")}}
+    state = ckpt.begin(ctx, run_config, total=config.steps,
+                       modules={"generator": generator, "discriminator": discriminator},
+                       optimizers={"generator_optimizer": opt_g, "discriminator_optimizer": opt_d},
+                       generators={"batches": g})
+    seconds_before = 0.0
+    if state is not None:
+        loop = state.meta["loop"]
+        for name in ("loss_d", "loss_g", "d_real", "d_fake"):
+            setattr(history, name, [float(v) for v in loop[name]])
+        history.snapshots = {int(k.split(".", 1)[1]): v for k, v in state.tensors.items() if k.startswith("snapshot.")}
+        history.start_step, seconds_before = ckpt.start_step, float(loop["seconds"])
+    first, end = ckpt.start_step, ckpt.end_step
+    net_g = ctx.wrap(generator) if world > 1 else generator
+    real_and_fake = ctx.wrap(_RealAndFake(discriminator)) if world > 1 else None
+
+    def loop_state() -> tuple[dict, dict]:
+        return ({f"snapshot.{k}": v for k, v in history.snapshots.items()},
+                {"loss_d": history.loss_d, "loss_g": history.loss_g, "d_real": history.d_real,
+                 "d_fake": history.d_fake, "seconds": seconds_before + time.perf_counter() - start})
 
     def snapshot(step: int) -> None:
         if step in config.snapshot_steps:
@@ -389,33 +452,52 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: RealData,
 
     generator.train()
     discriminator.train()
-    snapshot(0)
+    if first == 0:
+        snapshot(0)
     start = time.perf_counter()
-    for step in progress(range(1, config.steps + 1), desc="GAN", disable=None if show_progress else True):
+    for step in progress(range(first + 1, end + 1), desc="GAN", disable=None if show_progress and ctx.is_main else True,
+                         **({"initial": first, "total": config.steps} if first or end != config.steps else {})):
         # 1. Discriminator: real -> 1, fake -> 0 (G's samples detached: only D learns here).
         for _ in range(config.discriminator_steps):
-            real = real_batch(data, config.batch_size, g).to(device)
-            z = torch.randn(config.batch_size, latent_dim, generator=g).to(device)
+            real = real_batch(data, config.batch_size, g)[part].to(device)
+            z = torch.randn(config.batch_size, latent_dim, generator=g)[part].to(device)
             with torch.no_grad():
                 fake = generator(z)
-            real_logits, fake_logits = discriminator(real), discriminator(fake)
+            if real_and_fake is None:
+                real_logits, fake_logits = discriminator(real), discriminator(fake)
+            else:
+                real_logits, fake_logits = real_and_fake(real, fake)
             loss_d = discriminator_loss(real_logits, fake_logits)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
         # 2. Generator: make D call its samples real (gradients flow through D into G).
-        z = torch.randn(config.batch_size, latent_dim, generator=g).to(device)
-        loss_g = generator_loss(discriminator(generator(z)), config.generator_loss)
+        z = torch.randn(config.batch_size, latent_dim, generator=g)[part].to(device)
+        loss_g = generator_loss(discriminator(net_g(z)), config.generator_loss)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
 
-        history.loss_d.append(loss_d.item())
-        history.loss_g.append(loss_g.item())
-        history.d_real.append(torch.sigmoid(real_logits).mean().item())
-        history.d_fake.append(torch.sigmoid(fake_logits).mean().item())
+        if world == 1:
+            history.loss_d.append(loss_d.item())
+            history.loss_g.append(loss_g.item())
+            history.d_real.append(torch.sigmoid(real_logits).mean().item())
+            history.d_fake.append(torch.sigmoid(fake_logits).mean().item())
+        else:  # the global batch's means (every process holds an equal slice)
+            values = torch.stack([loss_d.detach(), loss_g.detach(), torch.sigmoid(real_logits).mean().detach(),
+                                  torch.sigmoid(fake_logits).mean().detach()]).double().cpu()
+            loss_d_, loss_g_, d_real, d_fake = ctx.all_reduce_mean(values).tolist()
+            history.loss_d.append(loss_d_)
+            history.loss_g.append(loss_g_)
+            history.d_real.append(d_real)
+            history.d_fake.append(d_fake)
         snapshot(step)
-    history.seconds = time.perf_counter() - start
+        ckpt.step_done(step, loop_state)
+    history.seconds = seconds_before + time.perf_counter() - start
+    # BatchNorm's running statistics: each process saw its own slices
+    ckpt.finish(max(first, end), loop_state, average_buffers=[generator, discriminator])
+    if world > 1:
+        history.replica_difference = max(ctx.replica_difference(generator), ctx.replica_difference(discriminator))
     generator.eval()
     discriminator.eval()
     return history

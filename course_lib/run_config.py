@@ -28,7 +28,7 @@ import yaml
 
 from .distributed import PRECISIONS
 
-__all__ = ["load_config_file", "parse_args", "add_runtime_arguments"]
+__all__ = ["load_config_file", "parse_args", "add_runtime_arguments", "add_checkpoint_arguments"]
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -135,9 +135,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     return parser.parse_args(argv)
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, resume: bool = True) -> None:
+def add_runtime_arguments(parser: argparse.ArgumentParser, resume: bool = True, stop_after: bool = False) -> None:
     """The flags every training script shares: ``--device``, ``--precision`` and, with ``resume``,
-    ``--checkpoint-dir``, ``--checkpoint-every`` and ``--resume``."""
+    ``--checkpoint-dir``, ``--checkpoint-every`` and ``--resume`` (and ``--stop-after`` with ``stop_after``)."""
     group = parser.add_argument_group("where and how to train (README: \"Training bigger\")")
     group.add_argument("--device", default=None,
                        help="cpu, cuda, cuda:1, mps (default: COURSE_DEVICE, else CUDA, MPS, CPU; under torchrun "
@@ -145,9 +145,21 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, resume: bool = True) 
     group.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="autocast: auto (bf16 on a GPU that supports it, else fp32), fp32, bf16, fp16 (CUDA)")
     if resume:
-        group.add_argument("--checkpoint-dir", default=None, metavar="DIR",
-                           help="save the full training state here (rank 0), at the end and every "
-                                "--checkpoint-every steps")
-        group.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS")
-        group.add_argument("--resume", default=None, metavar="DIR",
-                           help="continue from a training state saved with --checkpoint-dir (same settings)")
+        add_checkpoint_arguments(parser, stop_after=stop_after, group=group)
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, stop_after: bool = True,
+                             group: argparse._ArgumentGroup | None = None) -> None:
+    """``--checkpoint-dir``, ``--checkpoint-every``, ``--resume`` and (with ``stop_after``) ``--stop-after``:
+    what ``course_lib.training_state.Checkpointing.from_args`` reads."""
+    group = group or parser.add_argument_group("stopping and resuming (README: \"Training bigger\")")
+    group.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                       help="save the full training state here (rank 0), at the end and every "
+                            "--checkpoint-every steps")
+    group.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS")
+    group.add_argument("--resume", default=None, metavar="DIR",
+                       help="continue from a training state saved with --checkpoint-dir (same settings)")
+    if stop_after:
+        group.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                           help="stop the run at this step (the learning-rate schedule still spans the whole run), "
+                                "save its state to --checkpoint-dir and ship nothing; continue it with --resume")

@@ -32,6 +32,7 @@ from torch import nn
 
 from .distributed import DistributedContext, autocast, check_batch_divisible, resolve_precision
 from .shapeworld import SHAPES, ShapeWorld
+from .training_state import Checkpointing, describe_model
 from .utils import progress
 
 __all__ = ["CLASS_NAMES", "SegmentationUNetConfig", "DoubleConv", "SegmentationUNet",
@@ -216,8 +217,8 @@ class SegmentationHistory:
 def train_segmenter(model: SegmentationUNet, images: torch.Tensor, masks: torch.Tensor, steps: int = 200,
                     batch_size: int = 32, lr: float = 3e-3, seed: int = 0, eval_every: int | None = None,
                     eval_data: tuple[torch.Tensor, torch.Tensor] | None = None, desc: str | None = None, *,
-                    distributed: DistributedContext | None = None, precision: str = "fp32"
-                    ) -> SegmentationHistory:
+                    distributed: DistributedContext | None = None, precision: str = "fp32",
+                    checkpoint: Checkpointing | None = None) -> SegmentationHistory:
     """Train with per-pixel cross-entropy, AdamW and a one-cycle learning rate.
 
     Batches depend only on ``seed``, so two networks trained with the same seed see the same images
@@ -227,7 +228,8 @@ def train_segmenter(model: SegmentationUNet, images: torch.Tensor, masks: torch.
     Beyond one CPU (README, "Training bigger"): the model trains on its own device; with
     ``distributed`` (a torchrun process's context) every process draws the global batch of
     ``batch_size`` and trains on its slice (BatchNorm statistics are per process), and only rank 0
-    measures the IoU; ``precision``: autocast (``"bf16"``...).
+    measures the IoU; ``precision``: autocast (``"bf16"``...). ``checkpoint``: a
+    ``training_state.Checkpointing`` (save, resume and stop the run, history included).
     """
     if images.shape[0] != masks.shape[0] or images.shape[2:] != masks.shape[1:]:
         raise ValueError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} do not match: "
@@ -246,8 +248,25 @@ def train_segmenter(model: SegmentationUNet, images: torch.Tensor, masks: torch.
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     hist = SegmentationHistory(config={"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                                        **asdict(model.config)})
+    ckpt = checkpoint or Checkpointing()
+    run_config = {"trainer": "train_segmenter", "model": describe_model(model),
+                  "settings": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "weight_decay": 1e-4,
+                               "eval_every": eval_every},
+                  "data": {"images": list(images.shape), "masks": list(masks.shape)}}
+    state = ckpt.begin(ctx, run_config, total=steps, modules={"model": model}, optimizers={"optimizer": opt},
+                       schedulers={"lr_schedule": sched}, generators={"batches": g})
+    if state is not None:
+        loop = state.meta["loop"]
+        hist.losses, hist.eval_steps = [float(v) for v in loop["losses"]], [int(v) for v in loop["eval_steps"]]
+        hist.eval_miou = [float(v) for v in loop["eval_miou"]]
+
+    def loop_state() -> tuple[dict, dict]:
+        return {}, {"losses": hist.losses, "eval_steps": hist.eval_steps, "eval_miou": hist.eval_miou}
+
+    start, end = ckpt.start_step, ckpt.end_step
     model.train()
-    for step in progress(range(1, steps + 1), desc=desc, disable=None if ctx.is_main else True):
+    for step in progress(range(start + 1, end + 1), desc=desc, disable=None if ctx.is_main else True,
+                         **({"initial": start, "total": steps} if start or end != steps else {})):
         idx = torch.randint(len(images), (batch_size,), generator=g)
         if world > 1:
             idx = idx[ctx.local_slice(batch_size)]  # this process's rows of the global batch
@@ -262,6 +281,7 @@ def train_segmenter(model: SegmentationUNet, images: torch.Tensor, masks: torch.
             hist.eval_steps.append(step)
             hist.eval_miou.append(mean_iou(predict(model, eval_data[0].to(device)).cpu(), eval_data[1]))
             model.train()
-    ctx.average_buffers(model)  # BatchNorm statistics (each process saw its own slices)
+        ckpt.step_done(step, loop_state)
+    ckpt.finish(max(start, end), loop_state, average_buffers=[model])  # BatchNorm statistics (per process)
     model.eval()
     return hist

@@ -12,15 +12,18 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from .diffusion import diffusion_loss
+from .distributed import DistributedContext, check_batch_divisible
 from .gan import MLPGANConfig, MLPGenerator, RealData, _check_data, real_batch
 from .samplers import sample
 from .schedules import NoiseSchedule, linear_schedule
+from .training import _sliced_diffusion_loss
+from .training_state import Checkpointing, describe_model
 from .unet import timestep_embedding
 from .utils import progress
 
@@ -140,13 +143,21 @@ class DiffusionHistory:
 def train_diffusion(model: nn.Module, data: RealData, schedule: NoiseSchedule,
                     config: DiffusionTrainConfig | None = None,
                     snapshot_fn: Callable[[nn.Module], torch.Tensor] | None = None,
-                    show_progress: bool = True) -> DiffusionHistory:
+                    show_progress: bool = True, *, distributed: DistributedContext | None = None,
+                    checkpoint: Checkpointing | None = None) -> DiffusionHistory:
     """Train ``model(x, t)`` in place to predict the noise, with ``diffusion.diffusion_loss``.
 
     ``data``: a tensor of real samples (N, ...) or a function ``(n, torch.Generator) -> (n, ...)``.
     Each step draws a batch, a timestep per sample and the noise (all from ``config.seed``), and
     takes one AdamW step on the mean squared error. Returns a :class:`DiffusionHistory`.
     Defined in notebook 01_gan_vs_diffusion.
+
+    Beyond one CPU (not built in the notebook; README, "Training bigger"): with ``distributed`` (a
+    torchrun process's context) the model is wrapped in DistributedDataParallel and every process
+    draws the whole global batch, its timesteps and noise from the one seeded generator and trains
+    on its slice (as ``training.train_diffusion_model`` does), which matches one process to float
+    tolerance; the losses recorded are the global means. ``checkpoint``: a
+    ``training_state.Checkpointing`` (save, resume and stop the run; ``config.steps`` may grow).
     """
     config = config or DiffusionTrainConfig()
     config.validate()
@@ -157,11 +168,37 @@ def train_diffusion(model: nn.Module, data: RealData, schedule: NoiseSchedule,
     if config.snapshot_steps and snapshot_fn is None:
         raise ValueError("snapshot_steps were given but no snapshot_fn(model) to take the snapshots")
     device = next(model.parameters()).device
+    ctx = distributed or DistributedContext(device=device)
+    world = ctx.world_size if ctx.is_distributed else 1
+    if world > 1:
+        check_batch_divisible(config.batch_size, world, "batch_size")
+        if device != ctx.device:
+            raise ValueError(f"the model is on {device} but this process trains on {ctx.device}; move it there "
+                             "first: model.to(ctx.device)")
     g = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
     ema = copy.deepcopy(model).eval().requires_grad_(False) if config.ema_decay is not None else None
     history = DiffusionHistory(ema=ema)
+    ckpt = checkpoint or Checkpointing()
+    run_config = {"trainer": "toy_diffusion.train_diffusion", "model": describe_model(model),
+                  "settings": {k: v for k, v in asdict(config).items() if k not in ("steps", "snapshot_steps")},
+                  "schedule": {"name": schedule.name, "T": schedule.num_train_timesteps,
+                               "betas_sum": round(float(schedule.betas.double().sum()), 12)}}
+    state = ckpt.begin(ctx, run_config, total=config.steps,
+                       modules={"model": model, **({"ema": ema} if ema is not None else {})},
+                       optimizers={"optimizer": opt}, schedulers={"lr_schedule": warmup}, generators={"batches": g})
+    seconds = 0.0
+    if state is not None:
+        loop = state.meta["loop"]
+        history.losses, seconds = [float(v) for v in loop["losses"]], float(loop["seconds"])
+        history.snapshots = {int(k.split(".", 1)[1]): v for k, v in state.tensors.items() if k.startswith("snapshot.")}
+    first, end = ckpt.start_step, ckpt.end_step
+    net = ctx.wrap(model) if world > 1 else model
+
+    def loop_state() -> tuple[dict, dict]:
+        return ({f"snapshot.{k}": v for k, v in history.snapshots.items()},
+                {"losses": history.losses, "seconds": seconds})
 
     def snapshot(step: int) -> None:
         if step in config.snapshot_steps:
@@ -172,12 +209,19 @@ def train_diffusion(model: nn.Module, data: RealData, schedule: NoiseSchedule,
             net.train(was_training)
 
     model.train()
-    snapshot(0)
-    seconds = 0.0
-    for step in progress(range(1, config.steps + 1), desc="diffusion", disable=None if show_progress else True):
+    if first == 0:
+        snapshot(0)
+    for step in progress(range(first + 1, end + 1), desc="diffusion",
+                         disable=None if show_progress and ctx.is_main else True,
+                         **({"initial": first, "total": config.steps} if first or end != config.steps else {})):
         start = time.perf_counter()
-        x0 = real_batch(data, config.batch_size, g).to(device)
-        loss = diffusion_loss(model, x0, schedule, config.prediction_type, generator=g)
+        if world == 1:
+            x0 = real_batch(data, config.batch_size, g).to(device)
+            loss = diffusion_loss(model, x0, schedule, config.prediction_type, generator=g)
+        else:  # the global batch, timesteps and noise, drawn as one process would; this process's slice
+            x0 = real_batch(data, config.batch_size, g)
+            loss = _sliced_diffusion_loss(net, x0, schedule, config.prediction_type, g, {},
+                                          ctx.local_slice(len(x0)), device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -188,10 +232,12 @@ def train_diffusion(model: nn.Module, data: RealData, schedule: NoiseSchedule,
                     p_ema.lerp_(p, 1 - config.ema_decay)
                 for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
                     b_ema.copy_(b)
-        history.losses.append(loss.item())
+        history.losses.append(loss.item() if world == 1 else float(ctx.all_reduce_mean(loss.detach().double().cpu())))
         seconds += time.perf_counter() - start
         snapshot(step)
+        ckpt.step_done(step, loop_state)
     history.seconds = seconds
+    ckpt.finish(max(first, end), loop_state)
     model.eval()
     return history
 

@@ -28,7 +28,6 @@ Defined in notebook 06_reverse_diffusion.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -51,6 +50,7 @@ from .distributed import (
 from .schedules import NoiseSchedule, make_schedule
 from .training_state import (
     check_same_config,
+    describe_model,
     load_optimizer_state,
     load_training_state,
     optimizer_state,
@@ -234,16 +234,6 @@ def _sliced_diffusion_loss(net: nn.Module, x0: torch.Tensor, schedule: NoiseSche
     return F.mse_loss(out, training_target(x0, noise, t, schedule, prediction_type))
 
 
-def _describe(obj: Any) -> Any:
-    """A JSON description of a model's configuration, for checking that a resumed run is the same run."""
-    cfg = getattr(obj, "config", None)
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        cfg = asdict(cfg)
-    return {"class": type(obj).__name__, "config": cfg if isinstance(cfg, dict) else None,
-            "parameters": sum(p.numel() for p in obj.parameters()),
-            "shapes": {k: list(v.shape) for k, v in obj.state_dict().items()} if cfg is None else None}
-
-
 def training_run_config(model: nn.Module, schedule: NoiseSchedule, config: TrainingConfig,
                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What must be equal for a run to resume another: the training settings (all but ``steps``, which may
@@ -254,7 +244,7 @@ def training_run_config(model: nn.Module, schedule: NoiseSchedule, config: Train
     training = {k: v for k, v in asdict(config).items() if k != "steps"}
     sched = {"name": schedule.name, "T": schedule.num_train_timesteps,
              "betas_sum": round(float(schedule.betas.double().sum()), 12)}
-    return {"training": training, "model": _describe(model), "schedule": sched, "extra": extra or {}}
+    return {"training": training, "model": describe_model(model), "schedule": sched, "extra": extra or {}}
 
 
 def _save_state(folder: str | Path, model: nn.Module, ema: nn.Module | None, opt: torch.optim.Optimizer,

@@ -32,6 +32,7 @@ import torch
 from .checkpoints import load_checkpoint, load_weights
 from .distributed import DistributedContext, autocast, check_batch_divisible, rank_seed, resolve_precision
 from .shapeworld import SPLITS, ShapeWorld
+from .training_state import Checkpointing, describe_model
 from .utils import progress
 from .vae import AutoencoderConfig, AutoencoderKL, compute_scale_factor, vae_loss
 
@@ -123,26 +124,29 @@ class AutoencoderHistory:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def _training_images(config: AutoencoderTrainingConfig, world: ShapeWorld, rank: int = 0, processes: int = 1):
+def _training_images(config: AutoencoderTrainingConfig, world: ShapeWorld, rank: int = 0, processes: int = 1,
+                     first_step: int = 0):
     """Yield batches (B, 3, H, W) of fresh images, ``chunk_size`` rendered at a time.
 
     With several processes, process ``rank`` renders chunks ``rank, rank + processes, ...`` (so no
     two processes see the same image) and yields ``batch_size // processes`` images at a time.
+    ``first_step``: start with the batch of that step (a resumed run: its chunk is rendered again).
     """
-    chunk, batch = 0, config.batch_size // processes
+    batch = config.batch_size // processes
+    chunk, first = divmod(first_step, config.chunk_size // batch)
     while True:
         seed = TRAIN_SEED_OFFSET + config.seed * 100_000 + chunk * processes + rank
         images = world.sample(config.chunk_size, seed=seed, split=config.split).tensors()
-        for start in range(0, config.chunk_size, batch):
+        for start in range(first * batch, config.chunk_size, batch):
             yield images[start:start + batch]
-        chunk += 1
+        chunk, first = chunk + 1, 0
 
 
 def train_autoencoder(vae: AutoencoderKL, config: AutoencoderTrainingConfig | None = None,
                       world: ShapeWorld | None = None,
                       callback: Callable[[int, dict[str, float]], None] | None = None,
                       desc: str = "autoencoder", *, distributed: DistributedContext | None = None,
-                      precision: str = "fp32") -> AutoencoderHistory:
+                      precision: str = "fp32", checkpoint: Checkpointing | None = None) -> AutoencoderHistory:
     """Train ``vae`` in place on fresh ShapeWorld images with ``vae_loss``; returns its history.
 
     AdamW with warm-up and cosine decay, gradient clipping at ``config.grad_clip``. ``callback(step,
@@ -153,6 +157,9 @@ def train_autoencoder(vae: AutoencoderKL, config: AutoencoderTrainingConfig | No
     context) each process renders its own images (its own seeds) and trains on
     ``batch_size / world_size`` of them per step, gradients averaged, so a step still sees
     ``batch_size`` images; the history holds the mean over the processes. ``precision``: autocast.
+    ``checkpoint``: a ``training_state.Checkpointing`` (save, resume and stop the run; every process's
+    random state is saved, and since each renders its own images a run resumes only with the number
+    of processes it was saved with).
     """
     config = config or AutoencoderTrainingConfig()
     config.validate()
@@ -172,10 +179,27 @@ def train_autoencoder(vae: AutoencoderKL, config: AutoencoderTrainingConfig | No
     net = ctx.wrap(vae) if processes > 1 else vae
     opt = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
     history = AutoencoderHistory()
-    batches = _training_images(config, world, ctx.rank, processes)
+    ckpt = checkpoint or Checkpointing()
+    run_config = {"trainer": "train_autoencoder", "model": describe_model(vae), "settings": asdict(config),
+                  "processes": processes}  # each process renders its own images: a stream per process count
+    state = ckpt.begin(ctx, run_config, total=config.steps, modules={"model": vae}, optimizers={"optimizer": opt})
+    seconds_before = 0.0
+    if state is not None:
+        loop = state.meta["loop"]
+        history.loss, history.reconstruction, history.kl = (
+            [float(v) for v in loop[k]] for k in ("loss", "reconstruction", "kl"))
+        history.images, seconds_before = int(loop["images"]), float(loop["seconds"])
+    first, end = ckpt.start_step, ckpt.end_step
+    batches = _training_images(config, world, ctx.rank, processes, first_step=first)
     start = time.perf_counter()
+
+    def loop_state() -> tuple[dict, dict]:
+        return {}, {"loss": history.loss, "reconstruction": history.reconstruction, "kl": history.kl,
+                    "images": history.images, "seconds": seconds_before + time.perf_counter() - start}
+
     try:
-        for step in progress(range(config.steps), desc=desc, disable=None if ctx.is_main else True):
+        for step in progress(range(first, end), desc=desc, disable=None if ctx.is_main else True,
+                             **({"initial": first, "total": config.steps} if first or end != config.steps else {})):
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(step)
             x = next(batches).to(device=device, dtype=dtype).contiguous(memory_format=fmt)
@@ -201,8 +225,10 @@ def train_autoencoder(vae: AutoencoderKL, config: AutoencoderTrainingConfig | No
                                          f"rate (now {config.lr}) or keep grad_clip on")
             if callback is not None:
                 callback(step, row)
+            ckpt.step_done(step + 1, loop_state)
+        ckpt.finish(max(first, end), loop_state)
     finally:
-        history.seconds = time.perf_counter() - start
+        history.seconds = seconds_before + time.perf_counter() - start
         vae.to(memory_format=torch.contiguous_format).eval()
     return history
 

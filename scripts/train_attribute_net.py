@@ -10,7 +10,9 @@ captions is measured in tests/test_evaluators.py and notebook 00.
 Beyond one CPU (README, "Training bigger"): ``--device cuda --precision bf16`` on a GPU;
 ``torchrun --nproc_per_node=N`` splits every global batch of ``--batch-size`` between N processes
 (the same images and augmentations as one process; BatchNorm statistics per process); only rank 0
-prints and saves.
+prints and saves. ``--checkpoint-dir DIR`` saves the training state (every ``--checkpoint-every``
+batches and at the end), ``--stop-after K`` stops at batch K (saving it), ``--resume DIR`` continues
+with the same settings.
 """
 
 import argparse
@@ -24,6 +26,7 @@ from course_lib.classifiers import ATTRIBUTE_NET, train_attribute_net
 from course_lib.distributed import distributed_run, resolve_precision
 from course_lib.run_config import add_runtime_arguments, parse_args
 from course_lib.shapeworld import ShapeWorld
+from course_lib.training_state import Checkpointing
 from course_lib.utils import seed_everything
 
 
@@ -36,15 +39,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=16, help="channels at full resolution")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folder", default=None, help="where to save (default: the course's data/)")
-    add_runtime_arguments(parser, resume=False)
+    add_runtime_arguments(parser, stop_after=True)
     args = parse_args(parser, argv, script=Path(__file__).name)
+    checkpoint = Checkpointing.from_args(args)
     with distributed_run(args.device) as ctx:
         ctx.check_same_on_all_ranks(vars(args), "settings")
         seed_everything(args.seed)
         start = time.time()
         model, losses = train_attribute_net(args.images, args.epochs, batch_size=args.batch_size, lr=args.lr,
                                             seed=args.seed, model_config={"width": args.width},
-                                            distributed=ctx, precision=args.precision)
+                                            distributed=ctx, precision=args.precision, checkpoint=checkpoint)
+        if checkpoint.stopped_at is not None:
+            ctx.print(checkpoint.stopped_message())
+            return
         if not ctx.is_main:
             return
         minutes = (time.time() - start) / 60
@@ -66,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
                    "train_minutes": round(minutes, 2)}
         if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
             metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
+        if checkpoint.start_step:
+            metrics["resumed_from_step"] = checkpoint.start_step
         command = (f"{launcher} scripts/train_attribute_net.py --images {args.images} --epochs {args.epochs} "
                    f"--seed {args.seed}{extra}" + ("" if precision == "fp32" else f" --precision {precision}"))
         save_checkpoint(model, ATTRIBUTE_NET, config=model.config, command=command, metrics=metrics,

@@ -17,7 +17,10 @@ Beyond one CPU (README, "Training bigger"): ``--config configs/train/shapeworld_
 it; ``--channels`` and ``--latent-channels`` make a bigger autoencoder), ``--device cuda --precision
 bf16`` on a GPU, and ``torchrun --nproc_per_node=N``: each process renders its own images (its own
 seeds) and trains on ``--batch-size / N`` of them per step, gradients averaged; only rank 0
-measures and saves. The KL sweep runs in one process.
+measures and saves. ``--checkpoint-dir DIR`` saves the training state (every ``--checkpoint-every``
+steps and at the end), ``--stop-after K`` stops at step K (saving it), ``--resume DIR`` continues with
+the same settings and the same number of processes (each renders its own images). The KL sweep runs
+in one process and does not save training states.
 """
 
 import argparse
@@ -35,6 +38,7 @@ from course_lib.metrics import frechet_distance
 from course_lib.paths import REPO_ROOT
 from course_lib.run_config import add_runtime_arguments, parse_args
 from course_lib.shapeworld import ShapeWorld
+from course_lib.training_state import Checkpointing
 from course_lib.utils import count_parameters, seed_everything
 from course_lib.vae import AutoencoderKL
 from course_lib.vae_training import (
@@ -66,8 +70,10 @@ def autoencoder_config(args: argparse.Namespace):
                    layers_per_block=args.layers_per_block)
 
 
-def train_and_ship(args: argparse.Namespace, command: str, ctx: DistributedContext | None = None) -> None:
+def train_and_ship(args: argparse.Namespace, command: str, ctx: DistributedContext | None = None,
+                   checkpoint: Checkpointing | None = None) -> None:
     ctx = ctx or DistributedContext()
+    checkpoint = checkpoint or Checkpointing()
     config = autoencoder_config(args)
     vae = AutoencoderKL(config).to(ctx.device)
     ctx.print(f"autoencoder: {count_parameters(vae):,} parameters, {config}; {ctx.world_size} process(es) on "
@@ -75,7 +81,10 @@ def train_and_ship(args: argparse.Namespace, command: str, ctx: DistributedConte
     train_cfg = AutoencoderTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                           kl_weight=args.kl_weight, loss_kind=args.loss, seed=args.seed,
                                           channels_last=not args.no_channels_last)
-    history = train_autoencoder(vae, train_cfg, distributed=ctx, precision=args.precision)
+    history = train_autoencoder(vae, train_cfg, distributed=ctx, precision=args.precision, checkpoint=checkpoint)
+    if checkpoint.stopped_at is not None:
+        ctx.print(checkpoint.stopped_message())
+        return
     if not ctx.is_main:
         return
     vae = vae.cpu()
@@ -94,6 +103,8 @@ def train_and_ship(args: argparse.Namespace, command: str, ctx: DistributedConte
     precision = resolve_precision(args.precision, ctx.device)
     if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
         metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
+    if checkpoint.start_step:
+        metrics["resumed_from_step"] = checkpoint.start_step
     for split in ("train", "heldout"):
         report = evaluate_reconstructions(vae, n=1000, seed=4242, split=split)
         print(f"{split:8s}", report.as_row())
@@ -103,7 +114,8 @@ def train_and_ship(args: argparse.Namespace, command: str, ctx: DistributedConte
     metrics["reconstruction_curve"] = [round(sum(history.reconstruction[i:i + every]) / every, 2)
                                        for i in range(0, train_cfg.steps - every + 1, every)]
     save_checkpoint(vae, SHIPPED_VAE, config=_config_json(vae), command=command, metrics=metrics, folder=args.folder)
-    print(f"saved data/{SHIPPED_VAE}.safetensors; total {(time.time() - START) / 60:.1f} min")
+    print(f"saved {Path(args.folder) if args.folder else 'data'}/{SHIPPED_VAE}.safetensors; "
+          f"total {(time.time() - START) / 60:.1f} min")
 
 
 def kl_sweep(args: argparse.Namespace, command: str) -> None:
@@ -172,9 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=list(SWEEP_WEIGHTS))
     parser.add_argument("--sweep-steps", type=int, default=500)
     parser.add_argument("--folder", default=None, help="where to save the autoencoder (default: the course's data/)")
-    add_runtime_arguments(parser, resume=False)
+    add_runtime_arguments(parser, stop_after=True)
     args = parse_args(parser, argv, script=Path(__file__).name)
+    checkpoint = Checkpointing.from_args(args)
     if args.kl_sweep:
+        if checkpoint.enabled:
+            parser.error("--kl-sweep trains several short runs and saves no training state; drop --checkpoint-dir, "
+                         "--resume and --stop-after")
         refuse_torchrun("train_autoencoder.py --kl-sweep", ("train_autoencoder.py (without --kl-sweep)",))
     flags = ["--kl-sweep", "--weights", *(f"{w:g}" for w in args.weights), "--sweep-steps",
              str(args.sweep_steps)] if args.kl_sweep else ["--steps", str(args.steps), "--kl-weight",
@@ -198,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.kl_sweep:
             kl_sweep(args, command)
         else:
-            train_and_ship(args, command, ctx)
+            train_and_ship(args, command, ctx, checkpoint)
 
 
 START = time.time()

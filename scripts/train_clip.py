@@ -11,7 +11,9 @@ Beyond one CPU (README, "Training bigger"): ``--config configs/train/clip_shapew
 override it), ``--device cuda --precision bf16`` on a GPU, and ``torchrun --nproc_per_node=N``:
 every process renders the same global batch of ``--batch-size`` pairs, embeds its share, and the
 embeddings are gathered so the loss still compares all of them (as CLIP did across GPUs); only
-rank 0 measures and saves.
+rank 0 measures and saves. ``--checkpoint-dir DIR`` saves the training state (every
+``--checkpoint-every`` steps and at the end), ``--stop-after K`` stops at step K (saving it),
+``--resume DIR`` continues with the same settings (in any of these modes).
 """
 
 import argparse
@@ -37,6 +39,7 @@ from course_lib.clip_training import (
 from course_lib.distributed import distributed_run, resolve_precision
 from course_lib.paths import data_dir
 from course_lib.run_config import add_runtime_arguments, parse_args
+from course_lib.training_state import Checkpointing
 from course_lib.utils import count_parameters, seed_everything
 
 
@@ -56,17 +59,19 @@ def main(argv: list[str] | None = None) -> None:
                              "torchrun, torchrun's OMP_NUM_THREADS per process)")
     parser.add_argument("--dry-run", action="store_true", help="train and measure, but save nothing")
     parser.add_argument("--folder", default=None, help="where to save (default: the course's data/)")
-    add_runtime_arguments(parser, resume=False)
+    add_runtime_arguments(parser, stop_after=True)
     args = parse_args(parser, argv, script=Path(__file__).name)
+    checkpoint = Checkpointing.from_args(args)
     with distributed_run(args.device) as ctx:
         threads = args.threads if args.threads is not None else (1 if ctx.world_size == 1 else None)
         if threads is not None:
             torch.set_num_threads(threads)
         ctx.check_same_on_all_ranks(vars(args), "settings")
-        train_and_save(args, ctx)
+        train_and_save(args, ctx, checkpoint)
 
 
-def train_and_save(args: argparse.Namespace, ctx) -> None:
+def train_and_save(args: argparse.Namespace, ctx, checkpoint: Checkpointing | None = None) -> None:
+    checkpoint = checkpoint or Checkpointing()
     seed_everything(args.seed)
     start = time.time()
 
@@ -82,7 +87,11 @@ def train_and_save(args: argparse.Namespace, ctx) -> None:
               f"{ctx.world_size} process(es) on {ctx.device}")
     train_config = ClipTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                       hard_negatives=not args.no_hard_negatives)
-    history = train_contrastive(model, tokenizer, train_config, distributed=ctx, precision=args.precision)
+    history = train_contrastive(model, tokenizer, train_config, distributed=ctx, precision=args.precision,
+                                checkpoint=checkpoint)
+    if checkpoint.stopped_at is not None:
+        ctx.print(checkpoint.stopped_message())
+        return
     if not ctx.is_main:
         return
     model = model.cpu()
@@ -117,6 +126,8 @@ def train_and_save(args: argparse.Namespace, ctx) -> None:
     }
     if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
         metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
+    if checkpoint.start_step:
+        metrics["resumed_from_step"] = checkpoint.start_step
     path = save_checkpoint(model, SHIPPED_CLIP, config=config, command=command, metrics=metrics, folder=folder)
     print(f"saved {path} and {folder / TOKENIZER_FOLDER}/")
 

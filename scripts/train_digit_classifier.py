@@ -8,6 +8,8 @@ Made by this script: data/digit_classifier.safetensors (+ .json, + its sha256 in
 Beyond one CPU (README, "Training bigger"): ``--device cuda --precision bf16`` on a GPU;
 ``torchrun --nproc_per_node=N`` splits every global batch of ``--batch-size`` between N processes
 (the same batches and shifts as one process; dropout differs); only rank 0 prints and saves.
+``--checkpoint-dir DIR`` saves the training state (every ``--checkpoint-every`` batches and at the end),
+``--stop-after K`` stops at batch K (saving it), ``--resume DIR`` continues with the same settings.
 """
 
 import argparse
@@ -21,6 +23,7 @@ from course_lib.classifiers import DIGIT_CLASSIFIER, train_digit_classifier
 from course_lib.distributed import distributed_run, resolve_precision
 from course_lib.mnist import MNIST5k
 from course_lib.run_config import add_runtime_arguments, parse_args
+from course_lib.training_state import Checkpointing
 from course_lib.utils import seed_everything
 
 
@@ -33,8 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature-dim", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folder", default=None, help="where to save (default: the course's data/)")
-    add_runtime_arguments(parser, resume=False)
+    add_runtime_arguments(parser, stop_after=True)
     args = parse_args(parser, argv, script=Path(__file__).name)
+    checkpoint = Checkpointing.from_args(args, data="MNIST5k('train')")
     with distributed_run(args.device) as ctx:
         ctx.check_same_on_all_ranks(vars(args), "settings")
         seed_everything(args.seed)
@@ -44,7 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         model, losses = train_digit_classifier(train.images, train.labels, epochs=args.epochs,
                                                batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                                model_config={"width": args.width, "feature_dim": args.feature_dim},
-                                               distributed=ctx, precision=args.precision)
+                                               distributed=ctx, precision=args.precision, checkpoint=checkpoint)
+        if checkpoint.stopped_at is not None:
+            ctx.print(checkpoint.stopped_message())
+            return
         if not ctx.is_main:
             return
         minutes = (time.time() - start) / 60
@@ -61,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
                    "final_loss": round(sum(losses[-50:]) / 50, 4)}
         if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
             metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
+        if checkpoint.start_step:
+            metrics["resumed_from_step"] = checkpoint.start_step
         command = (f"{launcher} scripts/train_digit_classifier.py --epochs {args.epochs} --seed {args.seed}{extra}"
                    + ("" if precision == "fp32" else f" --precision {precision}"))
         save_checkpoint(model, DIGIT_CLASSIFIER, config=model.config, command=command, metrics=metrics,

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
                    f"--batch-size {args.batch_size} "
                    f"--lr {args.lr} --ema-decay {args.ema_decay} --base-channels {args.base_channels} "
                    f"--prediction-type {args.prediction_type} --schedule {args.schedule} --seed {args.seed}"
-                   + ("" if precision == "fp32" else f" --precision {precision}"))
+                   + ("" if precision == "fp32" else f" --precision {precision}")
+                   + ("" if args.name == "mnist_unet" else f" --name {args.name}"))
         first = result.losses[:100]
         single_cpu = ctx.world_size == 1 and ctx.device.type == "cpu" and precision == "fp32"
         metrics = {"steps": result.steps, "epochs": round(result.images / len(images), 2),

@@ -11,7 +11,11 @@ networks see the same images in the same order; they differ only in the skip con
 Beyond one CPU (README, "Training bigger"): ``--config configs/train/segmentation_unet.yaml`` (flags
 override it), ``--device cuda --precision bf16`` on a GPU, ``torchrun --nproc_per_node=N`` to split
 every global batch of ``--batch-size`` between N processes (BatchNorm statistics per process);
-only rank 0 measures, prints and saves.
+only rank 0 measures, prints and saves. ``--checkpoint-dir DIR`` saves each network's training state
+in ``DIR/segmentation_unet`` and ``DIR/segmentation_unet_no_skip`` (every ``--checkpoint-every`` steps
+and at its end); ``--stop-after K`` stops the network in training at step K (saving it) and the
+script there; ``--resume DIR`` continues: a finished network is only measured and saved again, the
+one in progress continues, one without a state starts afresh.
 """
 
 import argparse
@@ -30,6 +34,7 @@ from course_lib.segmentation import (
     shapeworld_segmentation_data,
     train_segmenter,
 )
+from course_lib.training_state import Checkpointing
 from course_lib.utils import seed_everything
 
 NAMES = {True: "segmentation_unet", False: "segmentation_unet_no_skip"}
@@ -46,22 +51,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["skip", "no-skip"], help="train one of the two networks (default: both)")
     parser.add_argument("--folder", default=None, help="where to save (default: the course's data/)")
-    add_runtime_arguments(parser, resume=False)
+    add_runtime_arguments(parser, stop_after=True)
     args = parse_args(parser, argv, script=Path(__file__).name)
+    chosen = [skip for skip in (True, False) if args.only is None or skip == (args.only == "skip")]
+    checkpoints = Checkpointing.from_args(args, data={"images": args.images, "seed": TRAIN_SEED}).parts(
+        NAMES[skip] for skip in chosen)
     with distributed_run(args.device) as ctx:
         ctx.check_same_on_all_ranks(vars(args), "settings")
         images, masks = shapeworld_segmentation_data(args.images, seed=TRAIN_SEED)
         eval_data = shapeworld_segmentation_data(500, seed=EVAL_SEED)
         precision = resolve_precision(args.precision, ctx.device)
-        for skip in (True, False):
-            if args.only is not None and skip != (args.only == "skip"):
-                continue
+        for skip in chosen:
             seed_everything(args.seed)
             model = SegmentationUNet(SegmentationUNetConfig(skip=skip, base_channels=args.base_channels)).to(ctx.device)
+            checkpoint = checkpoints[NAMES[skip]]
+            if args.resume is not None and checkpoint.resume is None:
+                ctx.print(f"{NAMES[skip]}: no training state in {Path(args.resume) / NAMES[skip]}; "
+                          "trained from the start")
             start = time.time()
             hist = train_segmenter(model, images, masks, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                    seed=args.seed, eval_every=100, eval_data=eval_data, desc=NAMES[skip],
-                                   distributed=ctx, precision=args.precision)
+                                   distributed=ctx, precision=args.precision, checkpoint=checkpoint)
+            if checkpoint.stopped_at is not None:
+                ctx.print(checkpoint.stopped_message(NAMES[skip]))
+                return
             if not ctx.is_main:
                 continue
             minutes = (time.time() - start) / 60
@@ -81,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
                                  "lr": args.lr, "seed": args.seed}}
             if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
                 metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
+            if checkpoint.start_step:
+                metrics["resumed_from_step"] = checkpoint.start_step
             save_checkpoint(model, NAMES[skip], config=asdict(model.config),
                             command=f"{launcher} scripts/train_segmentation.py --steps {args.steps} "
                                     f"--images {args.images} --seed {args.seed}{extra}"
