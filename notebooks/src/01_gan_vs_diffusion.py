@@ -365,7 +365,7 @@ plt.show()
 # * **Diffusion**: the course's digit diffusion model stopped at the same budget,
 #   `data/mnist_unet_short`: the small U-Net that notebook 03 builds (16, 32, 64 channels,
 #   attention at 7x7), trained with the DDPM loss and linear schedule used above by
-#   `scripts/train_mnist_diffusion.py` (notebook 06 uses the same run trained about four times longer).
+#   `scripts/train_mnist_diffusion.py` (notebook 06 uses the same run trained about three times longer).
 #
 # Both have about 690k parameters, and both were trained for about 12-13 minutes on the same two
 # shared CPU cores (the exact budgets are printed below, from the checkpoints' JSON). Here we train
