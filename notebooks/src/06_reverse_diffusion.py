@@ -332,8 +332,10 @@ plt.show()
 for eta in (0.0, 1.0):
     mine, _, _ = ddim_sample(model, x_T, steps=50, eta=eta, generator=torch.Generator().manual_seed(3))
     lib = sample(model, schedule, x_T, sampler="ddim", steps=50, eta=eta, generator=torch.Generator().manual_seed(3))
-    print(f"eta={eta}: library == by hand (max abs difference < 1e-4): "
-          f"{(lib.sample - mine).abs().max().item() < 1e-4};  model calls: {lib.model_calls}")
+    # the library computes its coefficients in float64, this notebook in float32: rounding differences
+    # of about 1e-4 on pixels that reach about 5 before clamping
+    print(f"eta={eta}: library == by hand (max abs difference < 1e-3): "
+          f"{(lib.sample - mine).abs().max().item() < 1e-3};  model calls: {lib.model_calls}")
 
 # %% [markdown]
 # ### What each DDIM step sees
@@ -416,7 +418,10 @@ print(f"real test digits: mean confidence {real_probs.max(1).values.mean():.2f}"
 #   calls per image. DDIM reuses the same network with a non-Markovian process that jumps between
 #   timesteps; with $\eta = 0$ it is deterministic and gives digits in 10-50 calls.
 # * The hand-written samplers equal `course_lib.samplers` on the same model and noise; the shipped
-#   model was made by `scripts/train_mnist_diffusion.py` with the command printed above.
+#   model was made by `scripts/train_mnist_diffusion.py` with the command printed above. The judge
+#   finds its digits fairly confident (0.90, against 0.99 for real ones) but unevenly spread over
+#   the ten classes: a 0.7M-parameter model trained for under an hour on two CPU cores. Notebook 07
+#   measures sample quality properly.
 #
 # ## Exercises
 # Each exercise ends in a cell that checks your answer. Replace the `None` and run the cell.
