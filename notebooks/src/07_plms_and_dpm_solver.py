@@ -389,9 +389,13 @@ for label, (name, options, extra) in ode_solvers.items():
     print(f"{label:30s}" + "".join(f"{e:10.3f}" for e in ode_error[label]))
 
 # %% [markdown]
-# The higher-order solvers are far closer to the true ODE solution at every budget; DDIM, the Euler
-# method, is the least accurate. Accuracy is not yet quality, though: an error that blurs every
-# digit a little and one that turns some into other plausible digits look different to a judge.
+# Multistep DPM-Solver++ (2M, 3M) is the closest to the true ODE solution at every budget: at 10
+# calls about four times closer than DDIM (the Euler method) and five times closer than PLMS, whose
+# start costs it most at small budgets; by 20 calls PLMS has nearly caught up, DDIM has not.
+# Single-step DPM-Solver-3 is the warning: with 5 or 10 calls its few large third-order steps go
+# badly wrong, and at 20 it is still behind DDIM. Accuracy is not yet quality, though: an error that
+# blurs every digit a little and one that turns some into other plausible digits look different to a
+# judge.
 #
 # ## 7. Quality against cost
 # `benchmarks/sampler_quality.py` draws the same number of digits (printed below) for every sampler
@@ -449,29 +453,47 @@ plt.show()
 # %% [markdown]
 # ### Does "DPM-Solver reaches in 10-20 calls what DDPM needs 1000 for" hold here?
 # The claim (Lu et al. 2022a: CIFAR-10 FID 4.70 at 10 calls, 2.87 at 20) compares with DDPM's
-# ancestral sampler at 1000 steps. Here is the fewest calls at which each sampler comes within 10%
-# of 1000-step DDPM's Frechet distance (or beats it):
+# ancestral sampler at 1000 steps. It has two parts: a deterministic solver converges to *its ODE's*
+# samples in few calls, and those samples are as good as DDPM's. Here are both, for every sampler:
+# the fewest calls at which it comes within 10% of 1000-step DDPM's Frechet distance, and the fewest
+# at which it comes within 10% of its own value at 100 calls (its limit, nearly):
 
 # %%
 # NBVAL_CHECK_OUTPUT
 target = 1.1 * ddpm_1000["frechet"]
+print(f"1000-step DDPM: Frechet {ddpm_1000['frechet']:.2f}, so 'as good' means <= {target:.2f}")
 for label in labels:
-    hits = sorted(r["model_calls"] for r in rows if r["sampler"] == label and r["budget"] != 1000
-                  and r["frechet"] <= target)
-    best = min((r for r in rows if r["sampler"] == label and r["budget"] != 1000), key=lambda r: r["frechet"])
-    print(f"{label:27s} within 10% of DDPM-1000 from {hits[0] if hits else 'never (up to 100)'!s:>5} calls;"
-          f"  best {best['frechet']:.2f} at {best['model_calls']} calls")
+    mine = sorted((r for r in rows if r["sampler"] == label and r["budget"] != 1000), key=lambda r: r["model_calls"])
+    as_good = [r["model_calls"] for r in mine if r["frechet"] <= target]
+    limit = mine[-1]
+    near_limit = [r["model_calls"] for r in mine if r["frechet"] <= 1.1 * limit["frechet"]]
+    print(f"{label:27s} as good as DDPM-1000 from {as_good[0] if as_good else 'never (up to 100)'!s:>17} calls;"
+          f"  within 10% of its {limit['model_calls']}-call value ({limit['frechet']:.1f}) from {near_limit[0]:3d} calls")
 
 # %% [markdown]
-# How to read this, and what it does not show. The saved results come from the command printed at
-# the top of this section: look at its sample size and budgets. With a few dozen digits per point,
-# the Frechet distance is dominated by sampling noise (the real-versus-real floor alone is in the
-# hundreds), so these numbers can neither confirm nor refute the papers' claim; they show how the
-# benchmark works. The measurement to trust is the full run, `python benchmarks/sampler_quality.py`
-# (500 digits at every budget and 1000-step DDPM): it needs about an hour of two CPU cores, because
-# 1000-step DDPM alone costs 1000 network calls per batch. What section 6 measured does not depend
-# on sample size: at 10-20 calls DPM-Solver++(2M) follows the ODE several times more closely than
-# DDIM or PLMS, which is the mechanism behind the claim.
+# How to read this. The saved run drew 250 digits per point (the real-versus-real floor at that size
+# is printed above); differences of a few percent between neighbouring points are within sampling
+# noise, the gaps discussed here are not.
+#
+# * **The first half of the claim holds.** The deterministic solvers converge quickly to their ODE's
+#   samples: in Frechet distance all but single-step DPM-Solver-3 are within 10% of their 100-call
+#   value by 10 calls, and section 6 showed the finer difference: at 10 calls DPM-Solver++ follows
+#   the ODE about four times more closely than DDIM. Single-step DPM-Solver-3 is unusable at 5 and 10
+#   calls on this model.
+# * **The second half does not, on this model.** The ODE's own samples (every solver agrees, at about
+#   250) are far worse than 1000-step DDPM's, and no deterministic sampler reaches DDPM-1000 at any
+#   budget up to 100 calls. That is the model's doing, not the solvers': a probability-flow ODE carries
+#   every error of the learned noise prediction through to the image, while DDPM's fresh noise at each
+#   step washes part of it out (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
+#   Generative Models", find the same: stochastic sampling corrects errors of an imperfect network).
+#   Ours is a 0.7M-parameter U-Net trained for 55 minutes on two CPU cores; the papers' CIFAR-10 models
+#   are a hundred times larger and trained for days, so their ODEs are good enough for the claim to hold.
+#   Notebook 01 saw it by eye on the shorter-trained model: DDIM and DPM-Solver++ left many digits
+#   speckled where DDPM's were clean.
+# * **Accuracy is not quality when the model is imperfect.** PLMS at 5 calls scores better than PLMS
+#   at 100: its crude start lands away from the ODE's solution, and here away happens to be closer to
+#   real digits. Section 6 is the right measure of a solver; this section measures the pair of solver
+#   and model.
 #
 # ## 8. A small live comparison
 # The same 16 starting noises through every sampler at 10 model calls (and DDPM at 1000 for 8 of
