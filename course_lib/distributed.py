@@ -361,6 +361,21 @@ def check_batch_divisible(batch_size: int, world_size: int, what: str = "batch_s
     return batch_size // world_size
 
 
+def training_context(distributed: DistributedContext | None, device: torch.device, batch_size: int,
+                     what: str = "the model") -> tuple[DistributedContext, int]:
+    """A training loop's context and world size (1 outside torchrun). Under torchrun, checks that
+    ``batch_size`` (the global batch) splits evenly between the processes and that the networks,
+    on ``device``, sit on this process's device."""
+    ctx = distributed if distributed is not None else DistributedContext(device=device)
+    world = ctx.world_size if ctx.is_distributed else 1
+    if world > 1:
+        check_batch_divisible(batch_size, world, "batch_size")
+        if device != ctx.device:
+            raise ValueError(f"{what} is on {device} but this process trains on {ctx.device}; move it there "
+                             "first: .to(ctx.device)")
+    return ctx, world
+
+
 def resolve_precision(precision: str, device: torch.device | str) -> str:
     """``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``precision`` on ``device`` (``"auto"``: bf16 on a CUDA GPU
     that supports it, else fp32). Raises a ``ValueError`` for a choice the device cannot run."""

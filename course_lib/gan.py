@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import DistributedContext, check_batch_divisible
+from .distributed import DistributedContext, training_context
 from .training_state import Checkpointing, describe_model
 from .utils import progress
 
@@ -406,13 +406,7 @@ def train_gan(generator: nn.Module, discriminator: nn.Module, data: RealData,
         raise ValueError(f"the discriminator must return one logit per sample, (B,) or (B, 1); got "
                          f"{tuple(d_out.shape)} for B=2")
 
-    ctx = distributed or DistributedContext(device=device)
-    world = ctx.world_size if ctx.is_distributed else 1
-    if world > 1:
-        check_batch_divisible(config.batch_size, world, "batch_size")
-        if device != ctx.device:
-            raise ValueError(f"the generator is on {device} but this process trains on {ctx.device}; move both "
-                             "networks there first: .to(ctx.device)")
+    ctx, world = training_context(distributed, device, config.batch_size, "the generator")
     part = ctx.local_slice(config.batch_size) if world > 1 else slice(None)  # this process's rows of a batch
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_discriminator, betas=config.betas)

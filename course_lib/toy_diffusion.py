@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .diffusion import diffusion_loss
-from .distributed import DistributedContext, check_batch_divisible
+from .distributed import DistributedContext, training_context
 from .gan import MLPGANConfig, MLPGenerator, RealData, _check_data, real_batch
 from .samplers import sample
 from .schedules import NoiseSchedule, linear_schedule
@@ -168,13 +168,7 @@ def train_diffusion(model: nn.Module, data: RealData, schedule: NoiseSchedule,
     if config.snapshot_steps and snapshot_fn is None:
         raise ValueError("snapshot_steps were given but no snapshot_fn(model) to take the snapshots")
     device = next(model.parameters()).device
-    ctx = distributed or DistributedContext(device=device)
-    world = ctx.world_size if ctx.is_distributed else 1
-    if world > 1:
-        check_batch_divisible(config.batch_size, world, "batch_size")
-        if device != ctx.device:
-            raise ValueError(f"the model is on {device} but this process trains on {ctx.device}; move it there "
-                             "first: model.to(ctx.device)")
+    ctx, world = training_context(distributed, device, config.batch_size)
     g = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))

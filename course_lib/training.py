@@ -43,9 +43,9 @@ from .diffusion import check_prediction_type, diffusion_loss, q_sample, training
 from .distributed import (
     DistributedContext,
     autocast,
-    check_batch_divisible,
     make_grad_scaler,
     resolve_precision,
+    training_context,
 )
 from .schedules import NoiseSchedule, make_schedule
 from .training_state import (
@@ -325,13 +325,7 @@ def train_diffusion_model(model: nn.Module, data: torch.Tensor | BatchFn, schedu
     if checkpoint_every is not None and checkpoint_dir is None:
         raise ValueError("checkpoint_every needs checkpoint_dir: the folder to save the training state in")
     device = next(model.parameters()).device
-    ctx = distributed if distributed is not None else DistributedContext(device=device)
-    world = ctx.world_size if ctx.is_distributed else 1
-    if world > 1:
-        check_batch_divisible(config.batch_size, world, "batch_size")
-        if device != ctx.device:
-            raise ValueError(f"the model is on {device} but this process trains on {ctx.device}; move it there "
-                             "first: model.to(ctx.device)")
+    ctx, world = training_context(distributed, device, config.batch_size)
     precision = resolve_precision(precision, device)
     next_batch = _batch_source(data, config.batch_size)
     g = torch.Generator().manual_seed(config.seed)
