@@ -11,6 +11,7 @@ it sees, which makes counting, positions and colour binding checkable (see ``adh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -83,6 +84,66 @@ def _resumed_bar(first: int, total: int) -> dict:
     return {"initial": first, "total": total} if first else {}
 
 
+def _train_in_epochs(model: nn.Module, ctx: DistributedContext, *, n: int, epochs: int, batch_size: int, lr: float,
+                     g: torch.Generator, precision: str, checkpoint: Checkpointing | None, run_config: dict,
+                     desc: str, inputs: Callable[[torch.Tensor], torch.Tensor],
+                     loss_of: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]) -> list[float]:
+    """The loop both judges train with: AdamW with a one-cycle schedule over shuffled epochs of ``n``
+    examples; ``inputs(idx)`` draws a batch's (augmented) inputs, ``loss_of(net, x, rows)`` its loss.
+    Under torchrun every process draws the global batch and trains on its slice (the loss scaled so
+    DDP's average is the global mean). Returns the loss per step (the global batch's, on every process)."""
+    device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    net = ctx.wrap(model) if ctx.is_distributed else model
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    per_epoch = (n + batch_size - 1) // batch_size
+    steps = epochs * per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    ckpt = checkpoint or Checkpointing()
+    state = ckpt.begin(ctx, run_config, total=steps, modules={"model": model}, optimizers={"optimizer": opt},
+                       schedulers={"lr_schedule": sched}, generators={"batches": g})
+    losses = [float(v) for v in state.meta["loop"]["losses"]] if state is not None else []
+    perm = state.tensors.get("data.order") if state is not None else None
+    step = ckpt.start_step
+
+    def loop_state() -> tuple[dict, dict]:
+        return ({"data.order": perm} if perm is not None else {}), {"losses": losses}
+
+    model.train()
+    first_epoch = step // per_epoch
+    for _ in progress(range(first_epoch, epochs), desc=desc, disable=None if ctx.is_main else True,
+                      **_resumed_bar(first_epoch, epochs)):
+        if step >= ckpt.end_step:
+            break
+        if step % per_epoch == 0:  # a new epoch (a run resumed within an epoch keeps its saved order)
+            perm = torch.randperm(n, generator=g)
+        for i in range((step % per_epoch) * batch_size, n, batch_size):
+            idx = perm[i:i + batch_size]
+            x = inputs(idx)
+            world, part = _global_loss_step(ctx, len(idx))
+            # with several processes, a last batch too small to share is skipped (its augmentation still drawn)
+            if world == 1 or len(idx) >= world:
+                if world == 1:
+                    with autocast(device, precision):
+                        loss = loss_of(net, x.to(device), idx)
+                else:   # this process's rows of the global batch; scaled so DDP's average is the global mean
+                    with autocast(device, precision):
+                        local = loss_of(net, x[part].to(device), idx[part])
+                    loss = local * ((part.stop - part.start) * world / len(idx))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item() if world == 1 else
+                              _reduced_loss(ctx, local, part.stop - part.start, len(idx)))
+            step += 1
+            ckpt.step_done(step, loop_state)
+            if step >= ckpt.end_step:
+                break
+    ckpt.finish(step, loop_state, average_buffers=[model])  # BatchNorm statistics (each process saw its own slices)
+    return losses
+
+
 def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 15, batch_size: int = 64,
                            lr: float = 2e-3, seed: int = 0, model: DigitClassifier | None = None, *,
                            model_config: dict | None = None, device: str | torch.device | None = None,
@@ -102,59 +163,15 @@ def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: i
     torch.manual_seed(seed)
     ctx = distributed or DistributedContext()
     model = model or DigitClassifier(**(model_config or {})).to(device if device is not None else ctx.device)
-    device = next(model.parameters()).device
-    precision = resolve_precision(precision, device)
-    net = ctx.wrap(model) if ctx.is_distributed else model
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    per_epoch = (len(images) + batch_size - 1) // batch_size
-    steps = epochs * per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    ckpt = checkpoint or Checkpointing()
     run_config = {"trainer": "train_digit_classifier", "model": describe_model(model),
                   "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                                "weight_decay": 1e-4, "max_shift": 2},
                   "data": {"images": list(images.shape), "labels": list(labels.shape)}}
-    state = ckpt.begin(ctx, run_config, total=steps, modules={"model": model}, optimizers={"optimizer": opt},
-                       schedulers={"lr_schedule": sched}, generators={"batches": g})
-    losses = [float(v) for v in state.meta["loop"]["losses"]] if state is not None else []
-    perm = state.tensors.get("data.order") if state is not None else None
-    step = ckpt.start_step
-
-    def loop_state() -> tuple[dict, dict]:
-        return ({"data.order": perm} if perm is not None else {}), {"losses": losses}
-
-    model.train()
-    first_epoch = step // per_epoch
-    for _ in progress(range(first_epoch, epochs), desc="digit classifier", disable=None if ctx.is_main else True,
-                      **_resumed_bar(first_epoch, epochs)):
-        if step >= ckpt.end_step:
-            break
-        if step % per_epoch == 0:  # a new epoch (a run resumed within an epoch keeps its saved order)
-            perm = torch.randperm(len(images), generator=g)
-        for i in range((step % per_epoch) * batch_size, len(images), batch_size):
-            idx = perm[i:i + batch_size]
-            x = random_shift(images[idx], 2, g)
-            world, part = _global_loss_step(ctx, len(idx))
-            # with several processes, a last batch too small to share is skipped (its shifts were drawn all the same)
-            if world == 1 or len(idx) >= world:
-                if world == 1:
-                    with autocast(device, precision):
-                        loss = F.cross_entropy(net(x.to(device)), labels[idx].to(device))
-                else:   # this process's rows of the global batch; scaled so DDP's average is the global mean
-                    with autocast(device, precision):
-                        local = F.cross_entropy(net(x[part].to(device)), labels[idx][part].to(device))
-                    loss = local * ((part.stop - part.start) * world / len(idx))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(loss.item() if world == 1 else
-                              _reduced_loss(ctx, local, part.stop - part.start, len(idx)))
-            step += 1
-            ckpt.step_done(step, loop_state)
-            if step >= ckpt.end_step:
-                break
-    ckpt.finish(step, loop_state, average_buffers=[model])  # BatchNorm statistics (each process saw its own slices)
+    losses = _train_in_epochs(
+        model, ctx, n=len(images), epochs=epochs, batch_size=batch_size, lr=lr, g=g, precision=precision,
+        checkpoint=checkpoint, run_config=run_config, desc="digit classifier",
+        inputs=lambda idx: random_shift(images[idx], 2, g),
+        loss_of=lambda net, x, rows: F.cross_entropy(net(x), labels[rows].to(x.device)))
     return model.eval(), losses
 
 
@@ -257,62 +274,19 @@ def train_attribute_net(world_size: int = 20000, epochs: int = 4, batch_size: in
     shape_mask, color_mask = (torch.from_numpy(m).long() for m in batch.semantic_masks())
     ctx = distributed or DistributedContext()
     model = model or AttributeNet(**(model_config or {})).to(device if device is not None else ctx.device)
-    device = next(model.parameters()).device
-    precision = resolve_precision(precision, device)
-    net = ctx.wrap(model) if ctx.is_distributed else model
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    per_epoch = (world_size + batch_size - 1) // batch_size
-    steps = epochs * per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    ckpt = checkpoint or Checkpointing()
     run_config = {"trainer": "train_attribute_net", "model": describe_model(model),
                   "settings": {"images": world_size, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                                "seed": seed, "weight_decay": 1e-4}}
-    state = ckpt.begin(ctx, run_config, total=steps, modules={"model": model}, optimizers={"optimizer": opt},
-                       schedulers={"lr_schedule": sched}, generators={"batches": g})
-    losses = [float(v) for v in state.meta["loop"]["losses"]] if state is not None else []
-    perm = state.tensors.get("data.order") if state is not None else None
-    step = ckpt.start_step
 
-    def loop_state() -> tuple[dict, dict]:
-        return ({"data.order": perm} if perm is not None else {}), {"losses": losses}
+    def loss_of(net: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        shape_logits, color_logits = net(x)
+        return (F.cross_entropy(shape_logits, shape_mask[rows].to(x.device))
+                + F.cross_entropy(color_logits, color_mask[rows].to(x.device)))
 
-    model.train()
-    first_epoch = step // per_epoch
-    for _ in progress(range(first_epoch, epochs), desc="attribute net", disable=None if ctx.is_main else True,
-                      **_resumed_bar(first_epoch, epochs)):
-        if step >= ckpt.end_step:
-            break
-        if step % per_epoch == 0:  # a new epoch (a run resumed within an epoch keeps its saved order)
-            perm = torch.randperm(world_size, generator=g)
-        for i in range((step % per_epoch) * batch_size, world_size, batch_size):
-            idx = perm[i:i + batch_size]
-            x = augment_for_robustness(images[idx], g)
-            world, part = _global_loss_step(ctx, len(idx))
-            if world == 1 or len(idx) >= world:  # with several processes, a last batch too small to share is skipped
-                if world == 1:
-                    with autocast(device, precision):
-                        shape_logits, color_logits = net(x.to(device))
-                        loss = F.cross_entropy(shape_logits, shape_mask[idx].to(device)) + \
-                            F.cross_entropy(color_logits, color_mask[idx].to(device))
-                else:
-                    rows = idx[part]
-                    with autocast(device, precision):
-                        shape_logits, color_logits = net(x[part].to(device))
-                        local = F.cross_entropy(shape_logits, shape_mask[rows].to(device)) + \
-                            F.cross_entropy(color_logits, color_mask[rows].to(device))
-                    loss = local * ((part.stop - part.start) * world / len(idx))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(loss.item() if world == 1 else
-                              _reduced_loss(ctx, local, part.stop - part.start, len(idx)))
-            step += 1
-            ckpt.step_done(step, loop_state)
-            if step >= ckpt.end_step:
-                break
-    ckpt.finish(step, loop_state, average_buffers=[model])  # BatchNorm statistics (each process saw its own slices)
+    losses = _train_in_epochs(
+        model, ctx, n=world_size, epochs=epochs, batch_size=batch_size, lr=lr, g=g, precision=precision,
+        checkpoint=checkpoint, run_config=run_config, desc="attribute net",
+        inputs=lambda idx: augment_for_robustness(images[idx], g), loss_of=loss_of)
     return model.eval(), losses
 
 
