@@ -84,6 +84,35 @@ def build_folder(folder: Path, size: int) -> Path:
     return folder / "sd"
 
 
+#: diffusers' scheduler class and settings that make it the course's sampler (the public SD configs,
+#: read as the course reads them): what both pipelines must share for the timings to compare.
+DIFFUSERS_SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {"timestep_spacing": "leading", "steps_offset": 1, "clip_sample": False,
+                               "set_alpha_to_one": False}),
+    "plms": ("PNDMScheduler", {"timestep_spacing": "leading", "steps_offset": 1, "skip_prk_steps": True,
+                               "set_alpha_to_one": False}),
+    "dpm-solver": ("DPMSolverMultistepScheduler", {"timestep_spacing": "linspace", "algorithm_type": "dpmsolver",
+                                                   "final_sigmas_type": "sigma_min"}),
+    "dpm-solver++": ("DPMSolverMultistepScheduler", {"timestep_spacing": "linspace",
+                                                     "algorithm_type": "dpmsolver++"}),
+}
+
+
+def diffusers_pipeline(folder: str | Path, sampler: str, dtype: torch.dtype = torch.float32,
+                       device: str | torch.device = "cpu"):
+    """diffusers' ``StableDiffusionPipeline`` for ``folder`` with the scheduler matching the course's ``sampler``,
+    in ``dtype`` on ``device``, without progress bars."""
+    import diffusers
+    from diffusers import StableDiffusionPipeline
+
+    name, settings = DIFFUSERS_SCHEDULERS[sampler]
+    ref = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
+                                                  requires_safety_checker=False)
+    ref.scheduler = getattr(diffusers, name).from_config(ref.scheduler.config, **settings)
+    ref.set_progress_bar_config(disable=True)
+    return ref.to(device, dtype)
+
+
 def timed(fn, repeats: int) -> tuple[float, list[float]]:
     """Median seconds of ``repeats`` calls after one warm-up call, and all of them."""
     fn()
@@ -110,31 +139,16 @@ def main() -> None:
     args = p.parse_args()
 
     import diffusers
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusionPipeline
 
     diffusers.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     folder = Path(args.folder) if args.folder else build_folder(Path(tempfile.mkdtemp(prefix="pipeline_speed_")),
                                                                  args.latent_size)
-    matching = {"ddim": (DDIMScheduler, {"timestep_spacing": "leading", "steps_offset": 1, "clip_sample": False,
-                                         "set_alpha_to_one": False}),
-                "plms": (PNDMScheduler, {"timestep_spacing": "leading", "steps_offset": 1, "skip_prk_steps": True,
-                                         "set_alpha_to_one": False}),
-                "dpm-solver": (DPMSolverMultistepScheduler, {"timestep_spacing": "linspace",
-                                                             "algorithm_type": "dpmsolver",
-                                                             "final_sigmas_type": "sigma_min"}),
-                "dpm-solver++": (DPMSolverMultistepScheduler, {"timestep_spacing": "linspace",
-                                                               "algorithm_type": "dpmsolver++"})}
-    cls, settings = matching[args.sampler]
     prompt, negative = apply_style(PROMPT, "", STYLE)
 
     def diffusers_pipe(dtype):
-        ref = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
-                                                      requires_safety_checker=False)
-        ref.scheduler = cls.from_config(ref.scheduler.config, **settings)
-        ref.set_progress_bar_config(disable=True)
-        return ref.to(dtype)
+        return diffusers_pipeline(folder, args.sampler, dtype)
 
     course = {False: load_diffusers_pipeline(folder)}
     reference = {torch.float32: diffusers_pipe(torch.float32)}

@@ -16,22 +16,42 @@ from torch import nn
 from .resnet import check_group_norm
 
 __all__ = ["AttentionBlock", "CrossAttention", "GEGLU", "FeedForward", "BasicTransformerBlock",
-           "SpatialTransformer", "multi_head_attention"]
+           "SpatialTransformer", "multi_head_attention", "check_context_mask"]
 
 
-def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                         key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled dot-product attention with ``heads`` heads: softmax(q k^T / sqrt(d)) v per head.
 
-    ``q (B, N, heads*d)``, ``k, v (B, L, heads*d)`` -> ``(B, N, heads*d)``.
-    Defined in notebook 03_unet.
+    ``q (B, N, heads*d)``, ``k, v (B, L, heads*d)`` -> ``(B, N, heads*d)``. ``key_mask (B, L)``
+    (True/1: attend) leaves the masked keys out of the softmax: they get exactly zero weight.
+    Defined in notebook 03_unet (the mask in notebook 09_text_conditioning).
     """
     b, n, inner = q.shape
     d = inner // heads
     q = q.view(b, n, heads, d).transpose(1, 2)                 # (B, N, h*d) -> (B, h, N, d)
     k = k.view(b, -1, heads, d).transpose(1, 2)                # (B, L, h*d) -> (B, h, L, d)
     v = v.view(b, -1, heads, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v)              # (B, h, N, d)
+    mask = None if key_mask is None else key_mask.bool()[:, None, None, :]   # (B, L) -> (B, 1, 1, L)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, N, d)
     return out.transpose(1, 2).reshape(b, n, inner)            # (B, h, N, d) -> (B, N, h*d)
+
+
+def check_context_mask(context_mask: torch.Tensor | None, context: torch.Tensor | None) -> None:
+    """A ``ValueError`` unless ``context_mask`` is None or a ``(B, L)`` mask of ``context (B, L, D)``
+    with at least one token kept per row (a row of only masked tokens has no softmax).
+    Defined in notebook 09_text_conditioning.
+    """
+    if context_mask is None:
+        return
+    if context is None:
+        raise ValueError("context_mask was given without a context; pass the context it masks")
+    if context_mask.shape != context.shape[:2]:
+        raise ValueError(f"context_mask should have shape {tuple(context.shape[:2])} = (batch, tokens) of the "
+                         f"context, got {tuple(context_mask.shape)}")
+    if not bool(context_mask.bool().any(dim=1).all()):
+        raise ValueError("context_mask masks every token of a prompt; keep at least the start token (the "
+                         "tokenizer's attention mask does)")
 
 
 def _check_heads(channels: int, heads: int, what: str) -> None:
@@ -96,7 +116,9 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(dropout)])
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``context_mask (B, L)``: which context tokens to attend to (None: all, as SD does)."""
         if x.ndim != 3 or x.shape[-1] != self.query_dim:
             raise ValueError(f"CrossAttention expects x of shape (B, N, {self.query_dim}), "
                              f"got {tuple(x.shape)}")
@@ -105,7 +127,8 @@ class CrossAttention(nn.Module):
         if context.ndim != 3 or context.shape[-1] != self.context_dim or context.shape[0] != x.shape[0]:
             raise ValueError(f"context should have shape ({x.shape[0]}, L, {self.context_dim}) = "
                              f"(batch, tokens, context_dim), got {tuple(context.shape)}")
-        out = multi_head_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        check_context_mask(context_mask, context)
+        out = multi_head_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, context_mask)
         return self.to_out[1](self.to_out[0](out))
 
 
@@ -165,10 +188,11 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
         if self.attn2 is not None:
-            x = x + self.attn2(self.norm2(x), context)
+            x = x + self.attn2(self.norm2(x), context, context_mask)
         return x + self.ff(self.norm3(x))
 
 
@@ -215,7 +239,9 @@ class SpatialTransformer(nn.Module):
             raise ValueError(f"context should have shape ({x.shape[0]}, L, {self.context_dim}) = "
                              f"(batch, tokens, context_dim), got {tuple(context.shape)}")
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``context_mask (B, L)``: which context tokens the cross-attention reads (None: all)."""
         self._check_inputs(x, context)
         b, c, height, width = x.shape
         h = self.norm(x)
@@ -226,7 +252,7 @@ class SpatialTransformer(nn.Module):
             h = self.proj_in(h)                                          # (B, C, H, W) -> (B, inner, H, W)
             h = h.permute(0, 2, 3, 1).reshape(b, height * width, -1)    # -> (B, H*W, inner)
         for block in self.transformer_blocks:
-            h = block(h, context)
+            h = block(h, context, context_mask)
         if self.use_linear_projection:
             h = self.proj_out(h)                                         # (B, H*W, inner) -> (B, H*W, C)
             h = h.reshape(b, height, width, c).permute(0, 3, 1, 2)      # -> (B, C, H, W)

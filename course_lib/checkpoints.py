@@ -86,12 +86,64 @@ def load_weights(name: str, folder: str | Path | None = None) -> tuple[dict[str,
                               f"{entry.get('command') or 'its training script'}")
     digest = sha256_of(weights)
     if digest != entry["sha256"]:
+        raise CheckpointError(_checksum_message(folder, name, weights, digest, entry))
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error types for a damaged file
         raise CheckpointError(
-            f"{weights.name} does not match its checksum in the manifest (sha256 {digest[:12]}... "
-            f"!= {entry['sha256'][:12]}...): the file is corrupted or was changed by hand. Restore it "
-            f"with `git checkout -- data/{weights.name}`, or make it again with: {entry.get('command')}")
-    meta = json.loads((folder / entry["config"]).read_text())
-    return load_file(str(weights)), meta
+            f"{weights} matches its checksum in {folder / MANIFEST} but is not a readable safetensors file "
+            f"({type(err).__name__}: {err}): it is truncated or damaged, and the manifest was updated to match it. "
+            f"Restore both with `git checkout -- {_shown(weights)} {_shown(folder / MANIFEST)}`, or make the "
+            f"weights again with: {entry.get('command') or 'its training script'}") from None
+    config_path = folder / entry["config"]
+    try:
+        meta = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{config_path}, the config of checkpoint {name!r}, cannot be read ({err}); restore it "
+                              f"with `git checkout -- {_shown(config_path)}`") from None
+    return state, meta
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (for a command to copy)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _committed_sha256(folder: Path, name: str) -> str | None:
+    """The sha256 that the committed manifest (git HEAD) records for ``name``; None without git."""
+    import subprocess
+
+    manifest = (folder / MANIFEST).resolve()
+    try:
+        top = subprocess.run(["git", "-C", str(manifest.parent), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        rel = manifest.relative_to(Path(top).resolve()).as_posix()
+        shown = subprocess.run(["git", "-C", top, "show", f"HEAD:{rel}"], capture_output=True, text=True,
+                               timeout=10, check=True).stdout
+        return json.loads(shown).get(name, {}).get("sha256")
+    except (OSError, ValueError, subprocess.SubprocessError, AttributeError):
+        return None
+
+
+def _checksum_message(folder: Path, name: str, weights: Path, digest: str, entry: dict[str, Any]) -> str:
+    """Say which of the two changed, the weights or the manifest, where git can tell."""
+    head = (f"{weights.name} does not match its checksum in {folder / MANIFEST} (sha256 {digest[:12]}... != "
+            f"{entry['sha256'][:12]}...)")
+    remake = f"make the weights again with: {entry.get('command') or 'its training script'}"
+    committed = _committed_sha256(folder, name)
+    if committed is not None and committed == digest:
+        return (f"{head}: the weights are the committed ones, so the manifest changed (its entry for {name!r}). "
+                f"Restore it with `git checkout -- {_shown(folder / MANIFEST)}`; if you retrained on purpose, save "
+                "with save_checkpoint, which records the new checksum")
+    if committed is not None and committed == entry["sha256"]:
+        return (f"{head}: the manifest is the committed one, so the weights file changed (corrupted or edited by "
+                f"hand). Restore it with `git checkout -- {_shown(weights)}`, or {remake}")
+    return (f"{head}: either the weights file or the manifest's entry for {name!r} changed. If you edited the "
+            f"manifest, restore it (`git checkout -- {_shown(folder / MANIFEST)}`); if the weights are damaged, "
+            f"restore them (`git checkout -- {_shown(weights)}`) or {remake}")
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str = "checkpoint"

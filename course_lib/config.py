@@ -30,26 +30,30 @@ SD loads one ``.ckpt`` for the whole model; here each part names its checkpoint 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import inspect
+import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from .checkpoints import load_state_dict_checked, load_weights
+from .checkpoints import load_state_dict_checked, load_weights, read_manifest
 from .clip import CLIPTextConfig, CLIPTextEncoder
 from .paths import REPO_ROOT, data_dir
 from .pipeline import TextToImagePipeline
-from .schedules import make_schedule
+from .schedules import NoiseSchedule, make_schedule
 from .tokenizer import CLIPStyleTokenizer
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderConfig
 from .vae import AutoencoderKL as _AutoencoderKL
 
-__all__ = ["ConfigError", "SHIPPED_CONFIG", "load_config", "instantiate_from_config", "build_from_config",
+__all__ = ["ConfigError", "ConfigMismatchWarning", "checkpoint_differences", "SHIPPED_CONFIG",
+           "load_config", "instantiate_from_config", "build_from_config",
            "LatentDiffusion", "UNetModel", "AutoencoderKL", "FrozenCLIPEmbedder"]
 
 SHIPPED_CONFIG = REPO_ROOT / "configs" / "shapeworld-inference.yaml"
@@ -69,12 +73,128 @@ class ConfigError(ValueError):
     """A config that cannot build the model; the message names the key and what to fix."""
 
 
+class ConfigMismatchWarning(UserWarning):
+    """``build_from_config(..., strict=False)``: the config differs from what its checkpoints record."""
+
+
+def _recorded(ckpt_path: str | None) -> dict[str, Any] | None:
+    """The config a checkpoint was saved with (its JSON next to the weights), or None if unknown."""
+    if not ckpt_path:
+        return None
+    entry = read_manifest().get(ckpt_path)
+    path = data_dir() / entry["config"] if isinstance(entry, dict) and "config" in entry else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("config")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def _recorded_schedule(unet_config: dict[str, Any]) -> NoiseSchedule | None:
+    rec = _recorded((unet_config.get("params") or {}).get("ckpt_path")) or {}
+    sched = dict(rec.get("schedule") or {})
+    try:
+        return make_schedule(sched.pop("name"), sched.pop("T"), **sched) if sched else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    numbers = (a, b)
+    if all(isinstance(v, float | int) and not isinstance(v, bool) for v in numbers):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0)
+    return a == b
+
+
+def _compare(built: Any, recorded: dict[str, Any] | None, what: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Fields of the dataclass ``built`` that differ from ``recorded`` (fields either lacks are skipped)."""
+    if not recorded:
+        return []
+    out = []
+    for f in dataclasses.fields(built):
+        if f.name in recorded and f.name not in skip and not _same(getattr(built, f.name), recorded[f.name]):
+            out.append(f"{what}: {f.name} is {getattr(built, f.name)!r} here but {recorded[f.name]!r} in the "
+                       "checkpoint")
+    return out
+
+
+def checkpoint_differences(unet_config: dict[str, Any], first_stage_config: dict[str, Any],
+                           cond_stage_config: dict[str, Any], *, unet: UNet, vae: _AutoencoderKL,
+                           text_encoder: CLIPTextEncoder, schedule: NoiseSchedule, prediction_type: str,
+                           layer: str, where: str = "model", mask_padding: bool | None = None) -> list[str]:
+    """Every way the built model differs from what its checkpoints record, one line each.
+
+    Compared: each part's ``ckpt_path`` (a part without one keeps random weights); the U-Net's
+    config (norm groups, heads, ...), the schedule (name, ``timesteps``, ``linear_start``/``linear_end``)
+    and the parameterization against the U-Net checkpoint's JSON; the text encoder's layer the U-Net
+    was trained on (the course's training reads the last layer unless the JSON records
+    ``text_encoder_layer``); the autoencoder's config (norm groups, ``scale_factor``) and the text
+    encoder's config against theirs. Defined in notebook 10_full_sampler.
+    """
+    out = []
+    parts = ((unet_config, "unet_config", "the U-Net"), (first_stage_config, "first_stage_config", "the autoencoder"),
+             (cond_stage_config, "cond_stage_config", "the text encoder"))
+    for cfg, key, name in parts:
+        if not (cfg.get("params") or {}).get("ckpt_path"):
+            out.append(f"{where}.params.{key}.params.ckpt_path is missing: {name} would keep random weights")
+    rec = _recorded((unet_config.get("params") or {}).get("ckpt_path"))
+    if rec:
+        out += _compare(unet.config, rec.get("unet"), f"{where}.params.unet_config", skip=("dropout",))
+        sched = rec.get("schedule") or {}
+        names = {"scaled_linear": "linear", "cosine": "cosine"}
+        if sched.get("name") and sched["name"] != schedule.name:
+            out.append(f"{where}.params.beta_schedule is {names.get(schedule.name, schedule.name)!r} here but the "
+                       "U-Net "
+                       f"was trained with {names.get(sched['name'], sched['name'])!r}")
+        if "T" in sched and sched["T"] != schedule.num_train_timesteps:
+            out.append(f"{where}.params.timesteps is {schedule.num_train_timesteps} here but {sched['T']} in the "
+                       "checkpoint")
+        for key, sd_key in (("beta_start", "linear_start"), ("beta_end", "linear_end")):
+            if key in sched and key in schedule.params and not _same(schedule.params[key], sched[key]):
+                out.append(f"{where}.params.{sd_key} is {schedule.params[key]!r} here but {sched[key]!r} in the "
+                           "checkpoint")
+        recorded_prediction = rec.get("prediction_type")
+        if recorded_prediction and recorded_prediction != prediction_type:
+            sd = {"epsilon": "eps", "v_prediction": "v"}
+            out.append(f"{where}.params.parameterization is {sd.get(prediction_type, prediction_type)!r} here but the "
+                       f"U-Net predicts {sd.get(recorded_prediction, recorded_prediction)!r}")
+        recorded_layer = rec.get("text_encoder_layer", (rec.get("training") or {}).get("text_encoder_layer", "last"))
+        if layer != recorded_layer:
+            out.append(f"{where}.params.cond_stage_config.params.layer is {layer!r} here but the U-Net was trained on "
+                       f"the text encoder's {recorded_layer!r} layer")
+        recorded_mask = rec.get("mask_padding", (rec.get("training") or {}).get("mask_padding"))
+        if mask_padding is not None and recorded_mask is not None and bool(mask_padding) != bool(recorded_mask):
+            out.append(f"{where}.params.cond_stage_config.params.mask_padding is {bool(mask_padding)} here but "
+                       f"{bool(recorded_mask)} in the U-Net checkpoint")
+    vae_rec = _recorded((first_stage_config.get("params") or {}).get("ckpt_path"))
+    out += _compare(vae.config, vae_rec,
+                    f"{where}.params.first_stage_config (scale_factor: {where}.params.scale_factor)")
+    text_rec = _recorded((cond_stage_config.get("params") or {}).get("ckpt_path"))
+    if text_rec and isinstance(text_rec.get("text"), dict):
+        text_rec = text_rec["text"]
+    if text_rec:
+        out += _compare(text_encoder.config, text_rec, f"{where}.params.cond_stage_config.params.text_config")
+    return out
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config into plain dicts and lists. Defined in notebook 10_full_sampler."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; the course's config is {SHIPPED_CONFIG}")
-    config = yaml.safe_load(path.read_text())
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix that line (indentation with spaces, "
+                          f"'key: value' pairs), or compare with {SHIPPED_CONFIG}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a UTF-8 text file ({err}); a config is a YAML text file") from None
     if not isinstance(config, dict) or "model" not in config:
         raise ConfigError(f"{path} must have a top-level 'model:' entry with 'target' and 'params' "
                           f"(as Stable Diffusion's configs do); see {SHIPPED_CONFIG.name}")
@@ -207,17 +327,21 @@ class FrozenCLIPEmbedder:
     transformers-style ``CLIPTextConfig`` fields; ``ckpt_path``: a checkpoint holding the text encoder,
     with ``prefix`` in front of its keys (the course's contrastive model stores it under
     ``text_encoder.``); ``layer``: ``"last"`` (SD 1) or ``"penultimate"`` (SD 2: the last block
-    is dropped, then the final LayerNorm applied). Defined in notebook 10_full_sampler.
+    is dropped, then the final LayerNorm applied); ``mask_padding`` (not an SD key): the U-Net was
+    trained to read only each prompt's own tokens, the padding masked out of its cross-attention
+    (SD reads all 77 positions). Defined in notebook 10_full_sampler.
     """
 
     def __init__(self, tokenizer: str, text_config: dict[str, Any], layer: str = "last", max_length: int = 77,
-                 ckpt_path: str | None = None, prefix: str = "", where: str = "cond_stage_config"):
+                 ckpt_path: str | None = None, prefix: str = "", mask_padding: bool = False,
+                 where: str = "cond_stage_config"):
         if layer not in ("last", "penultimate"):
             raise ConfigError(f"{where}.params.layer must be 'last' or 'penultimate', got {layer!r}")
         self.tokenizer = CLIPStyleTokenizer.from_folder(data_dir() / tokenizer)
         if self.tokenizer.context_length != max_length:
             raise ConfigError(f"{where}.params.max_length is {max_length} but the tokenizer's context is "
                               f"{self.tokenizer.context_length}")
+        self.mask_padding = bool(mask_padding)
         self.text_encoder = CLIPTextEncoder(CLIPTextConfig(**text_config))
         _load_part(self.text_encoder, ckpt_path, where, prefix)
         if layer == "penultimate":
@@ -229,13 +353,15 @@ def LatentDiffusion(unet_config: dict[str, Any], first_stage_config: dict[str, A
                     cond_stage_config: dict[str, Any], linear_start: float, linear_end: float, timesteps: int,
                     image_size: int, channels: int, scale_factor: float, parameterization: str = "eps",
                     conditioning_key: str = "crossattn", beta_schedule: str = "linear",
-                    use_bf16: bool | None = None, device: str | torch.device = "cpu",
+                    use_bf16: bool | None = None, device: str | torch.device = "cpu", strict: bool = True,
                     where: str = "model") -> TextToImagePipeline:
     """The whole text-to-image model from SD's ``LatentDiffusion`` params (named after SD's class).
 
     SD's ``beta_schedule: linear`` is ``linspace(sqrt(start), sqrt(end), T) ** 2``, which diffusers
     and the course call ``scaled_linear``. ``use_bf16`` (if given) overrides the U-Net config's.
-    Defined in notebook 10_full_sampler.
+    The config is compared with what the checkpoints record (``checkpoint_differences``): any
+    difference stops with a ``ConfigError`` listing them all, or with ``strict=False`` is warned as a
+    ``ConfigMismatchWarning``. Defined in notebook 10_full_sampler.
     """
     if conditioning_key != "crossattn":
         raise ConfigError(f"{where}.params.conditioning_key must be 'crossattn' (text through cross-attention), "
@@ -259,19 +385,41 @@ def LatentDiffusion(unet_config: dict[str, Any], first_stage_config: dict[str, A
                           f"from unet_config's image_size {unet.config.sample_size} and in_channels "
                           f"{unet.config.in_channels}")
     try:
-        return TextToImagePipeline(cond.tokenizer, cond.text_encoder, unet, vae, schedule, prediction,
-                                   use_bf16=bf16, device=device)
+        pipe = TextToImagePipeline(cond.tokenizer, cond.text_encoder, unet, vae, schedule, prediction,
+                                   use_bf16=bf16, device=device, mask_padding=cond.mask_padding)
     except ValueError as e:
         raise ConfigError(f"{where}: the parts do not fit together: {e}") from e
+    differences = checkpoint_differences(
+        unet_config, first_stage_config, cond_stage_config, unet=unet, vae=vae, text_encoder=cond.text_encoder,
+        schedule=schedule, prediction_type=prediction,
+        layer=_sub(cond_stage_config, "params", where).get("layer", "last"), where=where,
+        mask_padding=getattr(cond, "mask_padding", None))
+    if differences:
+        listed = "\n  - ".join(differences)
+        if strict:
+            raise ConfigError(f"the config differs from what its checkpoints were trained with:\n  - {listed}\n"
+                              "Restore those settings (see configs/shapeworld-inference.yaml), or, to experiment on "
+                              "purpose, build with strict=False (command line: --no-strict)")
+        warnings.warn(f"the config differs from what its checkpoints were trained with (strict=False):\n  - {listed}",
+                      ConfigMismatchWarning, stacklevel=2)
+    if strict:  # samplers.sample then refuses another schedule for this U-Net (strict=False: experiments)
+        pipe.unet.training_schedule = _recorded_schedule(unet_config) or schedule
+
+
+    return pipe
 
 
 def build_from_config(config: str | Path | dict[str, Any] = SHIPPED_CONFIG, *, use_bf16: bool | None = None,
-                      device: str | torch.device = "cpu") -> TextToImagePipeline:
+                      device: str | torch.device = "cpu", strict: bool = True) -> TextToImagePipeline:
     """A ``TextToImagePipeline`` from a YAML file (or its dict), weights loaded and verified.
 
-    ``use_bf16``: ``None`` keeps the config's ``use_bf16``. Defined in notebook 10_full_sampler.
+    ``use_bf16``: ``None`` keeps the config's ``use_bf16``. The config must agree with what each
+    checkpoint records (U-Net sizes and norm groups, the schedule, the parameterization, the text
+    encoder and its layer, the autoencoder) and name every part's ``ckpt_path``; otherwise a
+    ``ConfigError`` lists the differences. ``strict=False`` builds anyway and warns them (a
+    ``ConfigMismatchWarning``), for experiments on purpose. Defined in notebook 10_full_sampler.
     """
     config = load_config(config) if isinstance(config, str | Path) else copy.deepcopy(config)
     if "model" not in config:
         raise ConfigError("the config must have a top-level 'model:' entry with 'target' and 'params'")
-    return instantiate_from_config(config["model"], "model", use_bf16=use_bf16, device=device)
+    return instantiate_from_config(config["model"], "model", use_bf16=use_bf16, device=device, strict=strict)

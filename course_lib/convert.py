@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ __all__ = [
     "schedule_from_config",
     "sampler_options",
     "scheduler_sampler",
+    "pipeline_scheduler_config",
+    "SchedulerSettingWarning",
     "download_pipeline",
     "PARTS",
 ]
@@ -139,7 +142,11 @@ def _read_weights(part_dir: Path, stem: str, variant: str | None) -> dict[str, t
     for path in _weight_files(part_dir, stem, variant):
         if not path.is_file():
             raise CheckpointError(f"{part_dir.name}: the shard {path.name} named in the index is missing")
-        state.update(load_file(str(path)))
+        try:
+            state.update(load_file(str(path)))
+        except Exception as err:  # safetensors raises its own error types for a damaged file
+            raise CheckpointError(f"{part_dir.name}: {path} is not a readable safetensors file ({type(err).__name__}: "
+                                  f"{err}); it is damaged or incomplete: download that file again") from None
     return state
 
 
@@ -373,6 +380,9 @@ def load_tokenizer(tokenizer_dir: str | Path) -> CLIPStyleTokenizer:
 # Scheduler config: the noise schedule and the samplers' timestep conventions
 # ----------------------------------------------------------------------------------------------
 
+SUPPORTED_TRAIN_TIMESTEPS = 1000  # Stable Diffusion 1.x and 2.x
+
+
 def _scheduler_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """A scheduler config from a dict, a ``scheduler_config.json``, a scheduler folder or a pipeline folder."""
     if isinstance(source, Mapping):
@@ -391,6 +401,17 @@ def schedule_from_config(source: str | Path | Mapping[str, Any]) -> tuple[NoiseS
     """
     config = _scheduler_config(source)
     T = config.get("num_train_timesteps", 1000)
+    if T != SUPPORTED_TRAIN_TIMESTEPS:
+        raise CheckpointError(f"scheduler/scheduler_config.json: num_train_timesteps={T!r}; Stable Diffusion 1.x and "
+                              f"2.x, the models the course's loader reads, are trained with "
+                              f"{SUPPORTED_TRAIN_TIMESTEPS} "
+                              "timesteps, and a U-Net sampled with another count sees timesteps it was not "
+                              f"trained at: set it to {SUPPORTED_TRAIN_TIMESTEPS} if the model was trained so")
+    betas = config.get("trained_betas")
+    if betas is not None and (not isinstance(betas, list | tuple) or len(betas) != T):
+        raise CheckpointError(f"scheduler/scheduler_config.json: trained_betas has "
+                              f"{len(betas) if isinstance(betas, list | tuple) else betas!r} values for "
+                              f"num_train_timesteps={T}; give one beta per training timestep")
     if config.get("rescale_betas_zero_snr"):
         raise CheckpointError("scheduler/scheduler_config.json: rescale_betas_zero_snr=True is not supported; the "
                               "course's schedules are SD's (the last timestep keeps a little signal)")
@@ -424,22 +445,48 @@ SAMPLER_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
                      {"timestep_spacing": "linspace", "steps_offset": 0, "final_sigmas_type": "zero",
                       "lower_order_final": True, "solver_order": 2}),
 }
+# The other settings of each scheduler's __init__ (diffusers 0.42) with diffusers' defaults, which a
+# config that omits them gets (``from_config``). The noise-schedule keys are schedule_from_config's.
+_DPM_SETTINGS: dict[str, Any] = {
+    "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0, "solver_type": "midpoint",
+    "euler_at_final": False, "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+    "use_lu_lambdas": False, "use_flow_sigmas": False, "flow_shift": 1.0, "lambda_min_clipped": -math.inf,
+    "variance_type": None, "use_dynamic_shifting": False, "time_shift_type": "exponential"}
+SCHEDULER_SETTINGS: dict[str, dict[str, Any]] = {
+    "ddpm": {"variance_type": "fixed_small", "clip_sample": True, "clip_sample_range": 1.0, "thresholding": False,
+             "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0},
+    "ddim": {"clip_sample": True, "clip_sample_range": 1.0, "thresholding": False,
+             "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0},
+    "plms": {"skip_prk_steps": False},
+    "dpm-solver": _DPM_SETTINGS,
+    "dpm-solver++": _DPM_SETTINGS,
+}
+# settings that only act together with another one (key -> the key that switches them on)
+_ONLY_WITH = {"dynamic_thresholding_ratio": "thresholding", "sample_max_value": "thresholding",
+              "flow_shift": "use_flow_sigmas", "time_shift_type": "use_dynamic_shifting",
+              "clip_sample_range": "clip_sample"}
+# settings the course honours as sampler options (diffusers key -> the option of samplers.sample)
+_HONOURED: dict[str, dict[str, str]] = {
+    "ddpm": {"clip_sample": "clip_sample", "clip_sample_range": "clip_sample_range"},
+    "ddim": {"clip_sample": "clip_sample", "clip_sample_range": "clip_sample_range"},
+    "plms": {},
+    "dpm-solver": {"use_karras_sigmas": "use_karras_sigmas"},
+    "dpm-solver++": {"use_karras_sigmas": "use_karras_sigmas"},
+}
 # settings whose other values ask for something the course's samplers do not do:
-# key -> (the samplers it concerns, the values the course has, what another value would ask for)
-_UNSUPPORTED: dict[str, tuple[tuple[str, ...], tuple[Any, ...], str]] = {
-    "clip_sample": (("ddpm", "ddim"), (False,), "clipping the x0 prediction to [-1, 1]"),
-    "thresholding": (tuple(SAMPLER_SCHEDULERS), (False,), "dynamic thresholding of the x0 prediction"),
-    "skip_prk_steps": (("plms",), (True,), "PNDM's Runge-Kutta warm-up steps instead of PLMS's"),
-    "variance_type": (("ddpm", "dpm-solver", "dpm-solver++"), (None, "fixed_small"), "a learned or other variance"),
-    "solver_type": (("dpm-solver", "dpm-solver++"), ("midpoint",), "the 'heun' second-order update"),
-    "euler_at_final": (("dpm-solver", "dpm-solver++"), (False,), "an Euler last step"),
-    "use_karras_sigmas": (("dpm-solver", "dpm-solver++"), (False,), "Karras' noise levels"),
-    "use_exponential_sigmas": (("dpm-solver", "dpm-solver++"), (False,), "exponential noise levels"),
-    "use_beta_sigmas": (("dpm-solver", "dpm-solver++"), (False,), "beta-distributed noise levels"),
-    "use_lu_lambdas": (("dpm-solver", "dpm-solver++"), (False,), "Lu's uniform-lambda noise levels"),
-    "use_flow_sigmas": (("dpm-solver", "dpm-solver++"), (False,), "flow-matching noise levels"),
-    "use_dynamic_shifting": (("dpm-solver", "dpm-solver++"), (False,), "resolution-dependent shifting"),
-    "lambda_min_clipped": (("dpm-solver", "dpm-solver++"), (-math.inf,), "a clipped lambda range"),
+# key -> (the values the course has, what another value would ask for)
+_UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "thresholding": ((False,), "dynamic thresholding of the x0 prediction"),
+    "skip_prk_steps": ((True,), "PNDM's Runge-Kutta warm-up steps instead of PLMS's"),
+    "variance_type": ((None, "fixed_small"), "a learned or other variance"),
+    "solver_type": (("midpoint",), "the 'heun' second-order update"),
+    "euler_at_final": ((False,), "an Euler last step"),
+    "use_exponential_sigmas": ((False,), "exponential noise levels"),
+    "use_beta_sigmas": ((False,), "beta-distributed noise levels"),
+    "use_lu_lambdas": ((False,), "Lu's uniform-lambda noise levels"),
+    "use_flow_sigmas": ((False,), "flow-matching noise levels"),
+    "use_dynamic_shifting": ((False,), "resolution-dependent shifting"),
+    "lambda_min_clipped": ((-math.inf,), "a clipped lambda range"),
 }
 
 
@@ -447,41 +494,95 @@ def sampler_options(source: str | Path | Mapping[str, Any], sampler: str) -> dic
     """Keyword options for ``course_lib.samplers.sample(..., sampler, **options)`` that reproduce the
     diffusers scheduler matching ``sampler`` built from the folder's scheduler config, as
     ``DDIMScheduler.from_config(pipe.scheduler.config)`` would (settings the config does not give
-    take that scheduler's defaults). ``source``: a pipeline folder, a scheduler folder, a
-    ``scheduler_config.json`` or its dict.
+    take *that scheduler's* defaults: a DDIM config without ``clip_sample`` clips, as diffusers does).
+    ``source``: a pipeline folder, a scheduler folder, a ``scheduler_config.json`` or its dict.
 
     Stable Diffusion's configs (``steps_offset=1``, "leading", ``set_alpha_to_one=False``) give the
     course's defaults, except PLMS on a v-prediction model: diffusers combines the raw v outputs
-    (``combine="model_output"``). A setting the course's samplers do not have (``clip_sample=True``,
-    Karras sigmas, ...) raises a ``CheckpointError`` that names it. Defined in notebook 11_real_weights.
+    (``combine="model_output"``). Honoured beyond those: ``clip_sample``/``clip_sample_range``
+    (DDPM, DDIM), ``use_karras_sigmas`` (DPM-Solvers), "trailing" and "linspace" timesteps with
+    diffusers' step rule (``step_rule="stride"`` for DDIM and PLMS). Any other setting that asks for
+    something the course does not do (thresholding, PNDM's Runge-Kutta steps, other sigmas, ...)
+    raises a ``CheckpointError`` that names it. Defined in notebook 11_real_weights.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; available samplers: {', '.join(available_samplers())}")
     config = _scheduler_config(source)
     scheduler, defaults = SAMPLER_SCHEDULERS[sampler]
-    for key, (samplers, allowed, what) in _UNSUPPORTED.items():
-        if sampler in samplers and key in config and config[key] not in allowed:
-            raise CheckpointError(f"scheduler/scheduler_config.json: {key}={config[key]!r} asks for {what}, which the "
-                                  f"course's {sampler!r} sampler does not do (it equals {scheduler} with "
-                                  f"{key}={allowed[0]!r})")
+    where = "scheduler/scheduler_config.json"
+    values = {key: config.get(key, default) for key, default in SCHEDULER_SETTINGS[sampler].items()}
+    for key, value in values.items():
+        switch = _ONLY_WITH.get(key)
+        if key in _HONOURED[sampler] or (switch is not None and not values.get(switch)):
+            continue
+        if key in _UNSUPPORTED and value not in _UNSUPPORTED[key][0]:
+            allowed, what = _UNSUPPORTED[key]
+            given = "" if key in config else f" (diffusers' default for {scheduler}, which this config does not set)"
+            raise CheckpointError(f"{where}: {key}={value!r}{given} asks for {what}, which the course's {sampler!r} "
+                                  f"sampler does not do (it equals {scheduler} with {key}={allowed[0]!r})")
     settings = {key: config.get(key, default) for key, default in defaults.items()}
     if settings["timestep_spacing"] not in SPACINGS:
-        raise CheckpointError(f"scheduler/scheduler_config.json: timestep_spacing={settings['timestep_spacing']!r} is "
+        raise CheckpointError(f"{where}: timestep_spacing={settings['timestep_spacing']!r} is "
                               f"not one the course's samplers have ({', '.join(SPACINGS)})")
-    if sampler in ("ddim", "plms") and settings["timestep_spacing"] == "linspace":
-        raise CheckpointError(f"scheduler/scheduler_config.json: timestep_spacing='linspace' with {scheduler}: "
-                              "diffusers then steps to t - T//N rather than to the next timestep of the grid, "
-                              "which the course's sampler does not copy; use 'leading' or 'trailing'")
+    if sampler in ("ddim", "plms") and settings["timestep_spacing"] != "leading":
+        settings["step_rule"] = "stride"              # diffusers steps to t - T//N, not to the next grid point
     order = settings.pop("solver_order", None)
     if order is not None:
         if order not in SAMPLERS[sampler].orders:
-            raise CheckpointError(f"scheduler/scheduler_config.json: solver_order={order!r}; the course's {sampler!r} "
+            raise CheckpointError(f"{where}: solver_order={order!r}; the course's {sampler!r} "
                                   f"has orders {SAMPLERS[sampler].orders}")
         settings["order"] = order
+    if values.get("clip_sample"):
+        range_ = values["clip_sample_range"]
+        if isinstance(range_, bool) or not isinstance(range_, int | float) or range_ <= 0:
+            raise CheckpointError(f"{where}: clip_sample_range={range_!r} must be a number > 0")
+        settings.update(clip_sample=True, clip_sample_range=float(range_))
+    if values.get("use_karras_sigmas"):
+        settings["use_karras_sigmas"] = True
     if sampler == "plms":
         _, prediction_type = schedule_from_config(config)
         settings["combine"] = "model_output" if prediction_type == "v_prediction" else "eps"
     return settings
+
+
+class SchedulerSettingWarning(UserWarning):
+    """A folder's scheduler setting that diffusers' pipeline itself changes on loading (and so does the course).
+
+    Defined in notebook 11_real_weights.
+    """
+
+
+def pipeline_scheduler_config(source: str | Path | Mapping[str, Any], sampler: str | None = None,
+                              warn: bool = True) -> dict[str, Any]:
+    """The scheduler config that diffusers' ``StableDiffusionPipeline`` runs ``sampler`` with, for
+    ``sampler_options``.
+
+    Loading a folder, the pipeline's ``__init__`` sets ``steps_offset`` to 1 and turns ``clip_sample=True``
+    off, each with a deprecation warning; that holds for the folder's own scheduler (``sampler`` =
+    ``scheduler_sampler(source)``, the class's defaults included: DDIM and DDPM clip by default).
+    Switching samplers the documented way, ``pipe.scheduler = DDIMScheduler.from_config(
+    pipe.scheduler.config)``, keeps those changes only for keys the file sets: a key it omits takes the
+    new scheduler's default again (diffusers' ``_use_default_values``), so a PNDM or DDIM config
+    without ``clip_sample`` gives a DDIM that clips. With ``warn``, each change is warned as a
+    ``SchedulerSettingWarning`` naming the setting. Defined in notebook 11_real_weights.
+    """
+    config = _scheduler_config(source)
+    own = sampler is not None and sampler == scheduler_sampler(config)
+    cls = config.get("_class_name")
+    clip_default = True if own and cls in ("DDIMScheduler", "DDPMScheduler") else None
+    changes = []
+    if ("steps_offset" in config or own) and config.get("steps_offset", 0) != 1:
+        changes.append(f"steps_offset={config.get('steps_offset', 0)!r} becomes 1")
+        config["steps_offset"] = 1
+    if config.get("clip_sample", clip_default) is True:
+        changes.append(f"clip_sample=True{'' if 'clip_sample' in config else ' (' + str(cls) + ' default)'} is "
+                       "turned off")
+        config["clip_sample"] = False
+    if warn and changes:
+        warnings.warn(f"scheduler/scheduler_config.json: {'; '.join(changes)} for the {sampler or cls!r} sampler, as "
+                      "diffusers' StableDiffusionPipeline does when it loads the folder", SchedulerSettingWarning,
+                      stacklevel=2)
+    return config
 
 
 def scheduler_sampler(source: str | Path | Mapping[str, Any]) -> str | None:
@@ -489,8 +590,9 @@ def scheduler_sampler(source: str | Path | Mapping[str, Any]) -> str | None:
     (``PNDMScheduler`` -> "plms", ``DDIMScheduler`` -> "ddim", ...). Defined in notebook 11_real_weights."""
     config = _scheduler_config(source)
     name = config.get("_class_name")
-    if name == "DPMSolverMultistepScheduler":
-        return "dpm-solver" if config.get("algorithm_type") == "dpmsolver" else "dpm-solver++"
+    if name == "DPMSolverMultistepScheduler":  # the SDE variants are other samplers
+        return {"dpmsolver": "dpm-solver", "dpmsolver++": "dpm-solver++"}.get(config.get("algorithm_type",
+                                                                                         "dpmsolver++"))
     return {"PNDMScheduler": "plms", "DDIMScheduler": "ddim", "DDPMScheduler": "ddpm"}.get(name)
 
 
@@ -544,6 +646,7 @@ def load_diffusers_pipeline(folder: str | Path, *, use_bf16: bool = False, devic
 
     unet = UNet(unet_config)
     _load_module_weights(unet, _read_weights(folder / "unet", WEIGHT_FILES["unet"], variant), "unet")
+    unet.training_schedule = schedule       # samplers.sample checks the schedule it is given against this
     vae = AutoencoderKL(vae_config)
     _load_module_weights(vae, _read_weights(folder / "vae", WEIGHT_FILES["vae"], variant), "vae")
     text_encoder = CLIPTextEncoder(text_config)
@@ -554,12 +657,14 @@ def load_diffusers_pipeline(folder: str | Path, *, use_bf16: bool = False, devic
         raise CheckpointError(f"text_encoder: {err}") from None
 
     # each sampler gets the folder's scheduler settings where it can follow them (see sampler_options)
-    options = {}
+    options: dict[str, dict[str, Any]] = {}
     for name in available_samplers():
         try:
-            options[name] = sampler_options(folder, name)
-        except CheckpointError:
-            pass  # that sampler cannot copy this folder's scheduler; its own defaults stay
+            config = pipeline_scheduler_config(folder, name, warn=name == scheduler_sampler(folder))
+            options[name] = sampler_options(config, name)
+        except CheckpointError as err:  # that sampler cannot copy this folder's scheduler: it refuses to run
+            options[name] = {"refused": f"the {name!r} sampler cannot reproduce {folder.name}'s scheduler: {err}; "
+                                        "choose another sampler"}
     kwargs: dict[str, Any] = {"sampler_options": options}
     try:
         return TextToImagePipeline(tokenizer, text_encoder, unet, vae, schedule, prediction_type,

@@ -5,7 +5,9 @@
 
 One image per prompt unless ``--num-images``; several images are saved as one grid. ``--bf16``
 runs the U-Net in bfloat16 (SD's ``use_bf16``); ``--config`` builds the model from another
-SD-style YAML file.
+SD-style YAML file, which must agree with what its checkpoints record unless ``--no-strict``.
+Mistakes (a broken config or weights file, a missing GPU, ...) print one line saying what to do,
+without a traceback; words the shipped ShapeWorld model never saw are warned by name.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import argparse
 import sys
 import warnings
 
+import torch
+
 from .checkpoints import CheckpointError
-from .config import SHIPPED_CONFIG, build_from_config
+from .config import SHIPPED_CONFIG, ConfigMismatchWarning, build_from_config, load_config
 from .guidance import available_styles
 from .pipeline import GenerationSettings
 from .samplers import available_samplers
-from .tokenizer import PromptTruncatedWarning
+from .shapeworld import caption_words
+from .tokenizer import PromptTruncatedWarning, UnknownWordsWarning, warn_unknown_words
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,9 +41,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-images", type=int, default=d.images_per_prompt)
     p.add_argument("--bf16", action="store_true", help="run the U-Net in bfloat16")
     p.add_argument("--config", default=str(SHIPPED_CONFIG), help="an SD-style YAML config")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-strict", dest="strict", action="store_false",
+                   help="build even where the config differs from what the checkpoints record (warned)")
     p.add_argument("--out", default="out.png", help="where to save the image (or grid)")
     return p.parse_args(argv)
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device``, or a ``ValueError`` that says what this machine has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device {device!r} is not a device ({err}); use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: this machine has no CUDA GPU that PyTorch can use "
+                             f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"numbered from 0; use --device cuda:0")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {device}: Apple's MPS is not available here; use --device cpu")
+    return dev
+
+
+def _shapeworld_words(config_path: str) -> frozenset[str] | None:
+    """The words of ShapeWorld captions when the config's text side is the shipped ShapeWorld tokenizer."""
+    try:
+        params = load_config(config_path)["model"]["params"]["cond_stage_config"]["params"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return caption_words() if params.get("tokenizer") == "tokenizer" else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +82,21 @@ def main(argv: list[str] | None = None) -> int:
                                   images_per_prompt=args.num_images)
     try:
         settings.validate()
-        pipe = build_from_config(args.config, use_bf16=args.bf16 or None, device=args.device)
+        device = check_device(args.device)
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", PromptTruncatedWarning)
+            for kind in (PromptTruncatedWarning, UnknownWordsWarning, ConfigMismatchWarning):
+                warnings.simplefilter("always", kind)
+            pipe = build_from_config(args.config, use_bf16=args.bf16 or None, device=device, strict=args.strict)
+            words = _shapeworld_words(args.config)
+            if words is not None:
+                for text in (args.prompt, args.negative):
+                    warn_unknown_words(text, words, "the ShapeWorld model")
             result = pipe(args.prompt, settings)
     except (ValueError, TypeError, FileNotFoundError, CheckpointError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as e:  # e.g. out of memory on the device, a file that cannot be read
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)

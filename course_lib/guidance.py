@@ -103,24 +103,38 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def guided_model_fn(unet: Callable[..., torch.Tensor], context: torch.Tensor, uncond_context: torch.Tensor,
-                    guidance_scale: float) -> ModelFn:
+                    guidance_scale: float, context_mask: torch.Tensor | None = None,
+                    uncond_mask: torch.Tensor | None = None) -> ModelFn:
     """A ``model_fn(x, t)`` for any sampler: the U-Net's guided noise prediction.
 
     ``unet(x, t, context)`` predicts noise; ``context`` (B, L, D) embeds the prompts,
     ``uncond_context`` (B, L, D) the empty or negative prompts. With ``guidance_scale == 1`` the
     unconditional half is skipped (it would be multiplied by zero); otherwise both halves run as
-    one batch of 2B, unconditional first, as diffusers does. Defined in notebook 09_text_conditioning.
+    one batch of 2B, unconditional first, as diffusers does. ``context_mask``/``uncond_mask``
+    (B, L): the tokens each prompt's cross-attention reads, for a U-Net trained with its padding
+    masked; then ``unet(x, t, context, context_mask)`` is called. Defined in notebook 09_text_conditioning.
     """
     scale = check_guidance_scale(guidance_scale)
     if context.shape != uncond_context.shape:
         raise ValueError(f"context {tuple(context.shape)} and uncond_context {tuple(uncond_context.shape)} must "
                          "have the same shape: encode the prompts and the negative prompts the same way")
+    if (context_mask is None) != (uncond_mask is None):
+        raise ValueError("give both context_mask and uncond_mask, or neither: the two halves of guidance must "
+                         "read their prompts the same way")
+    if context_mask is None:
+        def call(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+            return unet(x, t, c)
+    else:
+        def call(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+            return unet(x, t, c, m)
     if scale == 1.0:
-        return lambda x, t: unet(x, t, context)
+        return lambda x, t: call(x, t, context, context_mask)
     both = torch.cat([uncond_context, context])                       # (2B, L, D)
+    both_mask = None if context_mask is None else torch.cat([uncond_mask, context_mask])   # (2B, L)
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps_uncond, eps_cond = unet(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)  # (2B, ...) -> 2 x (B, ...)
+        eps = call(torch.cat([x, x]), torch.cat([t, t]), both, both_mask)
+        eps_uncond, eps_cond = eps.chunk(2)                           # (2B, ...) -> 2 x (B, ...)
         return eps_uncond + scale * (eps_cond - eps_uncond)
 
     return model_fn

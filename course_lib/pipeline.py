@@ -1,6 +1,8 @@
 """The text-to-image sampler: every part of the course joined. Defined in notebook 10_full_sampler.
 
     prompt --tokenizer--> (B, 77) ids --text encoder--> (B, 77, D) context
+        (a model trained with ``mask_padding``: (B, L) ids of the longest prompt, (B, L, D) context
+        and a (B, L) mask, so that the U-Net reads only the prompt's own tokens)
     seed --> (B, 4, h, w) Gaussian latents --sampler + U-Net + guidance--> clean latents
     clean latents / scale factor --decoder--> (B, 3, H, W) image
 
@@ -123,13 +125,15 @@ class TextToImagePipeline:
     (its activations and weights; the sampler's arithmetic stays float32), as SD's
     ``use_bf16: True`` does. ``device``: where the networks run. ``sampler_options``: per sampler
 name, keyword options for ``samplers.sample`` (notebook 11 passes a public checkpoint's scheduler
-settings). Defined in notebook 10_full_sampler.
+settings). ``mask_padding``: the U-Net was trained to read only each prompt's own tokens (start,
+words, end) with the padding masked out of its cross-attention, as the course's ShapeWorld model
+is; False (SD's way) feeds all 77 positions. Defined in notebook 10_full_sampler.
     """
 
     def __init__(self, tokenizer: CLIPStyleTokenizer, text_encoder: CLIPTextEncoder, unet: UNet,
                  vae: AutoencoderKL, schedule: NoiseSchedule, prediction_type: str = "epsilon", *,
                  use_bf16: bool = False, device: str | torch.device = "cpu",
-                 sampler_options: dict[str, dict] | None = None):
+                 sampler_options: dict[str, dict] | None = None, mask_padding: bool = False):
         check_prediction_type(prediction_type)
         if unet.config.cross_attention_dim is None:
             raise ValueError("the U-Net has no cross-attention (cross_attention_dim=None): it cannot read a prompt; "
@@ -151,6 +155,7 @@ settings). Defined in notebook 10_full_sampler.
         self.vae = vae.to(self.device).eval().requires_grad_(False)
         self.schedule = schedule
         self.prediction_type = prediction_type
+        self.mask_padding = bool(mask_padding)
         # Per-sampler options for course_lib.samplers.sample (timestep spacing, ...), e.g. from
         # convert.sampler_options for a public checkpoint's scheduler config.
         self.sampler_options = {name: dict(opts) for name, opts in (sampler_options or {}).items()}
@@ -166,21 +171,26 @@ settings). Defined in notebook 10_full_sampler.
         return (c.in_channels, c.sample_size, c.sample_size)
 
     @torch.no_grad()
-    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
-        """``(B, 77, D)`` text embeddings: padded to the context as SD does; the empty prompt is
-        the unconditional one. A prompt over the context is truncated with a warning naming the
-        dropped words. Defined in notebook 10_full_sampler."""
-        ids = self.tokenizer(list(prompts), padding="max_length").to(self.device)   # (B, 77)
-        return self.text_encoder(ids).last_hidden_state                           # (B, 77) -> (B, 77, D)
+    def encode_prompt(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text embeddings and their mask: ``(B, 77, D)`` and None, padded to the context as SD does;
+        with ``mask_padding``, ``(B, L, D)`` and a ``(B, L)`` mask, L the longest prompt's tokens
+        (the text encoder is causal, so a prompt's states do not depend on the padding after it).
+        The empty prompt is the unconditional one. A prompt over the context is truncated with a
+        warning naming the dropped words. Defined in notebook 10_full_sampler."""
+        padding = "longest" if self.mask_padding else "max_length"
+        ids, mask = self.tokenizer(list(prompts), padding=padding, return_attention_mask=True)   # (B, L)
+        context = self.text_encoder(ids.to(self.device)).last_hidden_state        # (B, L) -> (B, L, D)
+        return context, (mask.to(self.device) if self.mask_padding else None)
 
     def initial_latents(self, seeds: Sequence[int]) -> torch.Tensor:
         """One Gaussian latent per seed, (B, C, h, w), each from its own generator (so it can be remade alone)."""
         return torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(s))
                             for s in seeds]).to(self.device)
 
-    def _unet_fn(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def _unet_fn(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         dtype = self.unet_dtype
-        return self.unet(x.to(dtype), t, context.to(dtype)).float()
+        return self.unet(x.to(dtype), t, context.to(dtype), context_mask).float()
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str], settings: GenerationSettings | None = None, *,
@@ -204,17 +214,21 @@ settings). Defined in notebook 10_full_sampler.
         seeds = [s.seed + i for i in range(len(prompts))]
         start = time.perf_counter()
 
-        context = self.encode_prompt(prompts)
-        uncond = self.encode_prompt(negatives) if s.guidance_scale != 1.0 else context
+        # Prompts and negative prompts in one batch, so that both come out padded to the same length.
+        both, both_mask = self.encode_prompt(prompts + negatives if s.guidance_scale != 1.0 else prompts)
+        context, uncond = both[:len(prompts)], both[-len(prompts):]
+        mask, uncond_mask = (None, None) if both_mask is None else (both_mask[:len(prompts)],
+                                                                    both_mask[-len(prompts):])
         if latents is None:
             latents = self.initial_latents(seeds)
         elif tuple(latents.shape) != (len(prompts), *self.latent_shape):
             raise ValueError(f"latents must have shape {(len(prompts), *self.latent_shape)} (one per image), "
                              f"got {tuple(latents.shape)}")
-        model_fn = guided_model_fn(self._unet_fn, context, uncond, s.guidance_scale)
+        model_fn = guided_model_fn(self._unet_fn, context, uncond, s.guidance_scale, mask, uncond_mask)
         result = sample(model_fn, self.schedule, latents.to(self.device, torch.float32), s.sampler, s.steps,
                         prediction_type=self.prediction_type, generator=torch.Generator().manual_seed(s.seed),
                         show_progress=True if show_progress is None else show_progress,
+                        model_schedule=getattr(self.unet, "training_schedule", None),
                         **self.sampler_options.get(s.sampler, {}))
         images = self.decode(result.sample)
         return GenerationResult(images=images.cpu(), latents=result.sample.cpu(), prompts=prompts,

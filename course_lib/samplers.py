@@ -64,6 +64,8 @@ __all__ = [
     "plms",
     "dpm_solver",
     "dpm_solver_pp",
+    "karras_sigmas",
+    "model_schedule_of",
 ]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -205,19 +207,42 @@ def dpm_solver_timesteps(num_train_timesteps: int, steps: int, timestep_spacing:
     return _checked_grid(ts, T, N, f"timestep_spacing={timestep_spacing!r}")
 
 
+STEP_RULES = ("grid", "stride")
+
+
+def _previous_timestep(timesteps: Sequence[int], i: int, T: int, step_rule: str) -> int:
+    """Where step ``i`` goes: the next timestep of the grid (``"grid"``), or diffusers' DDIM/PNDM rule
+    ``t - T // N`` (``"stride"``); -1 means past the last timestep (the final alpha_bar)."""
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"step_rule must be 'grid' (step to the next timestep of the grid) or 'stride' "
+                         f"(diffusers' DDIM/PNDM rule t - T // N), got {step_rule!r}")
+    if step_rule == "stride":
+        return max(timesteps[i] - T // len(timesteps), -1)
+    return timesteps[i + 1] if i + 1 < len(timesteps) else -1
+
+
+def _check_clip_range(clip_sample_range: float) -> None:
+    if not (isinstance(clip_sample_range, numbers.Real) and clip_sample_range > 0):
+        raise ValueError(f"clip_sample_range must be a number > 0, got {clip_sample_range!r}")
+
+
 # ----------------------------------------------------------------------------------------------
 # DDPM and DDIM (notebook 06_reverse_diffusion)
 # ----------------------------------------------------------------------------------------------
 
 def ddpm(model: Denoiser, x: torch.Tensor, steps: int, *, generator: torch.Generator | None = None,
-         timestep_spacing: str = "leading", steps_offset: int = 0) -> torch.Tensor:
+         timestep_spacing: str = "leading", steps_offset: int = 0, clip_sample: bool = False,
+         clip_sample_range: float = 1.0) -> torch.Tensor:
     """Ancestral sampling: draw x_{t'} from the Gaussian posterior q(x_{t'} | x_t, x0_pred).
 
     With fewer steps than T it jumps between the strided timesteps, treating
     ``beta = 1 - alpha_bar_t / alpha_bar_t'`` as one step's beta; the variance is the posterior's
     ("fixed_small"). One noise draw per step with t > 0, from ``generator``: the same generator
-    gives the same sample as diffusers' ``DDPMScheduler``. Defined in notebook 06_reverse_diffusion.
+    gives the same sample as diffusers' ``DDPMScheduler``. ``clip_sample`` clamps the x0 prediction
+    to ``[-clip_sample_range, clip_sample_range]`` before the step, as diffusers' ``clip_sample=True``
+    (its default) does. Defined in notebook 06_reverse_diffusion.
     """
+    _check_clip_range(clip_sample_range)
     T = model.schedule.num_train_timesteps
     timesteps = make_timesteps(T, steps, timestep_spacing, steps_offset)
     for i, t in model.loop(timesteps, "DDPM"):
@@ -226,6 +251,8 @@ def ddpm(model: Denoiser, x: torch.Tensor, steps: int, *, generator: torch.Gener
         beta = 1 - ab_t / ab_prev                          # this (possibly strided) step's beta
 
         x0 = model.x0(x, t, model.output(x, t))
+        if clip_sample:
+            x0 = x0.clamp(-clip_sample_range, clip_sample_range)
         # mean of q(x_prev | x_t, x0): a blend of the clean prediction and the current sample
         mean = (ab_prev**0.5 * beta / (1 - ab_t)) * x0 + ((1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab_t)) * x
         if t > 0:
@@ -239,7 +266,8 @@ def ddpm(model: Denoiser, x: torch.Tensor, steps: int, *, generator: torch.Gener
 
 def ddim(model: Denoiser, x: torch.Tensor, steps: int, *, eta: float = 0.0,
          generator: torch.Generator | None = None, timestep_spacing: str = "leading", steps_offset: int = 1,
-         set_alpha_to_one: bool = False) -> torch.Tensor:
+         set_alpha_to_one: bool = False, clip_sample: bool = False, clip_sample_range: float = 1.0,
+         step_rule: str = "grid") -> torch.Tensor:
     """DDIM: predict x0, then move to the next timestep along the predicted noise direction.
 
         x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - s^2) eps + s z,
@@ -249,19 +277,25 @@ def ddim(model: Denoiser, x: torch.Tensor, steps: int, *, eta: float = 0.0,
     the last timestep it steps to ``alphas_cumprod[0]`` (SD) or to 1 with ``set_alpha_to_one``.
     Each step goes to the next timestep of the grid. (diffusers' ``DDIMScheduler`` and
     ``PNDMScheduler`` step to ``t - T // N`` instead, which is the same for "leading" and, when N
-    divides T, "trailing" spacing, but not for "linspace".) Defined in notebook 06_reverse_diffusion.
+    divides T, "trailing" spacing, but not for "linspace".) ``step_rule="stride"`` copies diffusers'
+    rule for every spacing and step count. ``clip_sample`` clamps the x0 prediction (not the noise
+    estimate) to ``[-clip_sample_range, clip_sample_range]``, as diffusers' ``clip_sample=True`` does.
+    Defined in notebook 06_reverse_diffusion.
     """
     if not (isinstance(eta, (int, float)) and eta >= 0):
         raise ValueError(f"eta must be a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
+    _check_clip_range(clip_sample_range)
     T = model.schedule.num_train_timesteps
     timesteps = make_timesteps(T, steps, timestep_spacing, steps_offset)
     final = 1.0 if set_alpha_to_one else model.alpha_bar(0)
     for i, t in model.loop(timesteps, "DDIM"):
-        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        t_prev = _previous_timestep(timesteps, i, T, step_rule)
         ab_t, ab_prev = model.alpha_bar(t), model.alpha_bar(t_prev, final=final)
 
         out = model.output(x, t)
         x0, eps = model.x0(x, t, out), model.eps(x, t, out)
+        if clip_sample:
+            x0 = x0.clamp(-clip_sample_range, clip_sample_range)
         s = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
         x = ab_prev**0.5 * x0 + (1 - ab_prev - s**2) ** 0.5 * eps
         if eta > 0:
@@ -281,7 +315,8 @@ def _ddim_transfer(x: torch.Tensor, eps: torch.Tensor, ab_t: float, ab_prev: flo
 
 
 def plms(model: Denoiser, x: torch.Tensor, steps: int, *, timestep_spacing: str = "leading",
-         steps_offset: int = 1, set_alpha_to_one: bool = False, combine: str = "eps") -> torch.Tensor:
+         steps_offset: int = 1, set_alpha_to_one: bool = False, combine: str = "eps",
+         step_rule: str = "grid") -> torch.Tensor:
     """PLMS: DDIM steps driven by an Adams-Bashforth combination of the last noise estimates.
 
     Step 1 is a pseudo improved-Euler step (two model calls: at x and at the DDIM-predicted next
@@ -293,7 +328,9 @@ def plms(model: Denoiser, x: torch.Tensor, steps: int, *, timestep_spacing: str 
     ``combine="eps"`` converts each model output to a noise estimate at its own (x, t) before
     combining. For a v-prediction model diffusers instead combines the raw outputs and converts
     the result at the current (x, t): ``combine="model_output"`` reproduces that (for an epsilon
-    model the two are the same). Defined in notebook 07_plms_and_dpm_solver.
+    model the two are the same). ``step_rule="stride"`` steps to ``t - T // N`` as diffusers does
+    (the same as ``"grid"`` for "leading" spacing; see ``ddim``); its first step then combines from
+    ``t_1 + T // N`` to ``t_1`` as ``PNDMScheduler`` does. Defined in notebook 07_plms_and_dpm_solver.
     """
     if combine not in ("eps", "model_output"):
         raise ValueError(f"combine must be 'eps' or 'model_output', got {combine!r}")
@@ -307,14 +344,22 @@ def plms(model: Denoiser, x: torch.Tensor, steps: int, *, timestep_spacing: str 
 
     history: list[torch.Tensor] = []                  # earlier estimates, newest last
     for i, t in model.loop(timesteps, "PLMS"):
-        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        t_prev = _previous_timestep(timesteps, i, T, step_rule)
         ab_t, ab_prev = model.alpha_bar(t), model.alpha_bar(t_prev, final=final)
 
         e = estimate(x, t)
         if not history and len(timesteps) > 1:        # pseudo improved Euler: predict, re-evaluate, average
             e_pred = e if combine == "eps" else model.eps(x, t, e)
             x_pred = _ddim_transfer(x, e_pred, ab_t, ab_prev)
-            e_combined = (e + estimate(x_pred, t_prev)) / 2
+            t_next = timesteps[1]                     # the model sees the grid's next timestep
+            e_combined = (e + estimate(x_pred, t_next)) / 2
+            # diffusers' first PLMS step goes from t_next + T//N to t_next (= from t to t_next on a "leading" grid)
+            t_from = t_next + T // len(timesteps) if step_rule == "stride" else t
+            eps = e_combined if combine == "eps" else model.eps(x, t_from, e_combined)
+            x = _ddim_transfer(x, eps, model.alpha_bar(t_from), model.alpha_bar(t_next, final=final))
+            history = [e]
+            model.record(x)
+            continue
         elif not history:                             # a single step: plain DDIM
             e_combined = e
         elif len(history) == 1:
@@ -368,6 +413,8 @@ def _multistep_update(x: torch.Tensor, d: list[torch.Tensor], pts: list[_Point],
     if order == 1:
         return _first_order(x, d[-1], s0, t, plus)
     h = t.lam - s0.lam
+    if h == 0:                                        # a zero step (Karras sigmas ending at sigma_min)
+        return x
     m0, m1 = d[-1], d[-2]
     r0 = (s0.lam - pts[-2].lam) / h
     D1_0 = (m0 - m1) / r0                             # ~ h * derivative of the prediction in lambda
@@ -442,28 +489,72 @@ def _singlestep_orders(steps: int, order: int, lower_order_final: bool, final_ze
     return orders
 
 
+def karras_sigmas(schedule: NoiseSchedule, steps: int, rho: float = 7.0) -> tuple[list[float], list[int]]:
+    """Karras et al.'s noise levels for ``steps`` steps and the timesteps the model is called at.
+
+    ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho`` between
+    the schedule's largest and smallest ``sigma = sqrt((1 - alpha_bar) / alpha_bar)``; each sigma's
+    timestep is interpolated in log-sigma and rounded. Exactly diffusers' ``use_karras_sigmas=True``
+    (sigmas in float32, as diffusers keeps them). Defined in notebook 07_plms_and_dpm_solver.
+    """
+    ab = schedule.alphas_cumprod.float().numpy().astype(np.float64)    # diffusers' float32 alphas_cumprod
+    sig = ((1 - ab) / ab) ** 0.5
+    log_sig = np.log(sig)
+    ramp = np.linspace(0, 1, steps)
+    lo, hi = sig[0] ** (1 / rho), sig[-1] ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    log_s = np.log(np.maximum(sigmas, 1e-10))
+    dists = log_s - log_sig[:, None]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=len(log_sig) - 2)
+    w = np.clip((log_sig[low] - log_s) / (log_sig[low] - log_sig[low + 1]), 0, 1)
+    timesteps = ((1 - w) * low + w * (low + 1)).round().astype(np.int64)
+    return [float(v) for v in sigmas.astype(np.float32)], [int(t) for t in timesteps]
+
+
+def _point_from_sigma(sigma: float) -> _Point:
+    """The grid point of diffusers' sigma = sigma_t / alpha_t (``_sigma_to_alpha_sigma_t``)."""
+    alpha = float(np.float32(1.0) / np.sqrt(np.float32(sigma) ** 2 + np.float32(1.0)))
+    return _Point(alpha, float(np.float32(sigma) * np.float32(alpha)))
+
+
 def _dpm_solve(model: Denoiser, x: torch.Tensor, steps: int, *, plus: bool, order: int,
                timestep_spacing: str, steps_offset: int, final_sigmas_type: str, lower_order_final: bool,
-               method: str) -> torch.Tensor:
+               method: str, use_karras_sigmas: bool = False) -> torch.Tensor:
     if final_sigmas_type not in ("zero", "sigma_min"):
         raise ValueError(f"final_sigmas_type must be 'zero' (end at a clean x0) or 'sigma_min' (end at "
                          f"alphas_cumprod[0]), got {final_sigmas_type!r}")
     if method not in ("multistep", "singlestep"):
         raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}")
     T = model.schedule.num_train_timesteps
-    timesteps = dpm_solver_timesteps(T, steps, timestep_spacing, steps_offset)
-    end = 1.0 if final_sigmas_type == "zero" else model.alpha_bar(0)
-    grid = [_Point.from_alpha_bar(model.alpha_bar(t)) for t in timesteps] + [_Point.from_alpha_bar(end)]
+    if use_karras_sigmas:
+        if method != "multistep":
+            raise ValueError("use_karras_sigmas is implemented for the multistep solvers (diffusers' "
+                             "DPMSolverMultistepScheduler); use method='multistep'")
+        sigmas, timesteps = karras_sigmas(model.schedule, steps)
+        last = sigmas[-1] if final_sigmas_type == "sigma_min" else 0.0
+        grid = [_point_from_sigma(s) for s in sigmas] + [_Point(1.0, 0.0) if last == 0 else _point_from_sigma(last)]
+    else:
+        timesteps = dpm_solver_timesteps(T, steps, timestep_spacing, steps_offset)
+        end = 1.0 if final_sigmas_type == "zero" else model.alpha_bar(0)
+        grid = [_Point.from_alpha_bar(model.alpha_bar(t)) for t in timesteps] + [_Point.from_alpha_bar(end)]
     N, name = len(timesteps), ("DPM-Solver++" if plus else "DPM-Solver")
 
-    def prediction(x: torch.Tensor, t: int) -> torch.Tensor:
+    def prediction(x: torch.Tensor, t: int, p: _Point) -> torch.Tensor:
         out = model.output(x, t)
-        return model.x0(x, t, out) if plus else model.eps(x, t, out)
+        if not use_karras_sigmas:
+            return model.x0(x, t, out) if plus else model.eps(x, t, out)
+        # the noise level is the grid point's (a Karras sigma), not the rounded timestep's
+        kind = model.prediction_type
+        if kind == "epsilon":
+            return (x - p.sigma * out) / p.alpha if plus else out
+        if kind == "v_prediction":
+            return p.alpha * x - p.sigma * out if plus else p.alpha * out + p.sigma * x
+        return out if plus else (x - p.alpha * out) / p.sigma
 
     if method == "multistep":
         d: list[torch.Tensor] = []                    # predictions at the grid points so far
         for i, t in model.loop(timesteps, f"{name} {order}M"):
-            d = (d + [prediction(x, t)])[-order:]
+            d = (d + [prediction(x, t, grid[i])])[-order:]
             k = min(order, i + 1)                     # warm up with lower orders
             if i == N - 1 and ((lower_order_final and N < 15) or final_sigmas_type == "zero"):
                 k = 1                                 # the last step is first order
@@ -477,7 +568,7 @@ def _dpm_solve(model: Denoiser, x: torch.Tensor, steps: int, *, plus: bool, orde
     for i, t in model.loop(timesteps, f"{name} {order}S"):
         if orders[i] == 1:                            # a new group starts here
             x_s, start, d = x, i, []
-        d.append(prediction(x, t))
+        d.append(prediction(x, t, grid[i]))
         x = _singlestep_update(x_s, d, grid[start:i + 1], grid[i + 1], plus)
         model.record(x)
     return x
@@ -485,7 +576,8 @@ def _dpm_solve(model: Denoiser, x: torch.Tensor, steps: int, *, plus: bool, orde
 
 def dpm_solver(model: Denoiser, x: torch.Tensor, steps: int, *, order: int = 2, method: str = "multistep",
                timestep_spacing: str = "linspace", steps_offset: int = 0,
-               final_sigmas_type: str = "sigma_min", lower_order_final: bool = True) -> torch.Tensor:
+               final_sigmas_type: str = "sigma_min", lower_order_final: bool = True,
+               use_karras_sigmas: bool = False) -> torch.Tensor:
     """DPM-Solver (Lu et al. 2022a): exact integration of the linear part of the diffusion ODE in
     lambda = log(alpha/sigma), Taylor expansion of the noise prediction.
 
@@ -495,16 +587,19 @@ def dpm_solver(model: Denoiser, x: torch.Tensor, steps: int, *, order: int = 2, 
     from finite differences); ``"singlestep"`` spends the calls of a group on intermediate points.
     The last step goes to ``alphas_cumprod[0]`` (``final_sigmas_type="sigma_min"``, the only end
     diffusers allows for this algorithm) or to a clean x0 (``"zero"``). ``lower_order_final``
-    drops to lower orders for the last steps when N < 15. Defined in notebook 07_plms_and_dpm_solver.
+    drops to lower orders for the last steps when N < 15. ``use_karras_sigmas`` steps through Karras'
+    noise levels instead (``karras_sigmas``; multistep only, as diffusers). Defined in notebook
+    07_plms_and_dpm_solver.
     """
     return _dpm_solve(model, x, steps, plus=False, order=order, timestep_spacing=timestep_spacing,
                       steps_offset=steps_offset, final_sigmas_type=final_sigmas_type,
-                      lower_order_final=lower_order_final, method=method)
+                      lower_order_final=lower_order_final, method=method, use_karras_sigmas=use_karras_sigmas)
 
 
 def dpm_solver_pp(model: Denoiser, x: torch.Tensor, steps: int, *, order: int = 2, method: str = "multistep",
                   timestep_spacing: str = "linspace", steps_offset: int = 0,
-                  final_sigmas_type: str = "zero", lower_order_final: bool = True) -> torch.Tensor:
+                  final_sigmas_type: str = "zero", lower_order_final: bool = True,
+                  use_karras_sigmas: bool = False) -> torch.Tensor:
     """DPM-Solver++ (Lu et al. 2022b): the same exact integration, written for the x0 prediction.
 
         order 1:  x_t = (sigma_t/sigma_s) x_s - alpha_t (e^-h - 1) x0_s
@@ -517,7 +612,7 @@ def dpm_solver_pp(model: Denoiser, x: torch.Tensor, steps: int, *, order: int = 
     """
     return _dpm_solve(model, x, steps, plus=True, order=order, timestep_spacing=timestep_spacing,
                       steps_offset=steps_offset, final_sigmas_type=final_sigmas_type,
-                      lower_order_final=lower_order_final, method=method)
+                      lower_order_final=lower_order_final, method=method, use_karras_sigmas=use_karras_sigmas)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -554,6 +649,25 @@ SAMPLERS: dict[str, SamplerInfo] = {
 }
 
 
+def model_schedule_of(model_fn: object) -> NoiseSchedule | None:
+    """The training schedule recorded on a model (``model.training_schedule``, set by the loaders of
+    ``training``, ``config`` and ``convert``), looking through bound methods, ``functools.partial``,
+    DDP's ``.module`` and ``torch.compile``'s ``_orig_mod``; None when the model does not say.
+    Defined in notebook 06_reverse_diffusion."""
+    seen: set[int] = set()
+    todo = [model_fn]
+    while todo:
+        obj = todo.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        found = getattr(obj, "training_schedule", None)
+        if isinstance(found, NoiseSchedule):
+            return found
+        todo += [getattr(obj, name, None) for name in ("__self__", "func", "module", "_orig_mod")]
+    return None
+
+
 def available_samplers() -> list[str]:
     """The names ``sample`` accepts. Defined in notebook 06_reverse_diffusion."""
     return list(SAMPLERS)
@@ -563,20 +677,26 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sample
            steps: int = 20, *, prediction_type: str = "epsilon", generator: torch.Generator | None = None,
            eta: float = 0.0, order: int | None = None, return_trajectory: bool = False,
            model_schedule: NoiseSchedule | int | None = None, show_progress: bool = False,
-           **sampler_options) -> SampleResult:
+           refused: str | None = None, **sampler_options) -> SampleResult:
     """Run a sampler from the noise ``x_T`` to a sample; one interface for every sampler.
 
     ``model_fn(x, t)``: the model, ``t`` a (B,) long tensor of training timesteps.
     ``schedule``: the noise schedule the model was trained with; pass ``model_schedule`` (the
-    model's schedule, or its number of training timesteps) to have that checked.
+    model's schedule, or its number of training timesteps) to have that checked. A model that
+    records its schedule (``model_fn.training_schedule``, see ``model_schedule_of``) is checked
+    without it: sampling it with another schedule is an error.
     ``x_T``: the starting noise, float, (B, ...) (all samplers here start from unit variance).
     ``sampler``: one of ``available_samplers()``; ``steps``: solver steps (N).
     ``prediction_type``: what the model predicts: "epsilon", "v_prediction" or "sample".
     ``generator``: for the noise of ddpm and ddim with ``eta > 0``. ``order``: for the
     DPM-Solvers (1, 2, 3; default 2). ``sampler_options``: timestep spacing and similar, see
     ``SAMPLERS[name].options`` and each sampler's docstring.
+    ``refused``: a reason this sampler must not run here (``convert.load_diffusers_pipeline`` sets it
+    for a sampler that cannot copy a folder's scheduler settings); raised as a ``ValueError``.
     Runs without gradients. Defined in notebook 06_reverse_diffusion.
     """
+    if refused:
+        raise ValueError(refused)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; available samplers: "
                          f"{', '.join(available_samplers())}")
@@ -584,6 +704,8 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sample
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}; "
                         "build one with course_lib.schedules.make_schedule")
+    if model_schedule is None:
+        model_schedule = model_schedule_of(model_fn)
     if model_schedule is not None:
         check_schedule(model_schedule, schedule)
     if not torch.is_tensor(x_T) or not torch.is_floating_point(x_T):

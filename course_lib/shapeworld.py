@@ -60,6 +60,12 @@ BACKGROUND = (0, 0, 0)
 MAX_OBJECTS = 3
 
 
+def caption_words() -> frozenset[str]:
+    """Every word a ShapeWorld caption can use (what models trained on ShapeWorld know)."""
+    words = set(COLORS) | set(SHAPES) | set(PLURALS.values()) | set(SIZES) | set(COUNT_WORDS.values()) | {"a"}
+    return frozenset(words | {w for phrase in (*LOCATION_PHRASES.values(), *RELATIONS) for w in phrase.split()})
+
+
 def _check_color(color: str) -> int:
     if color not in COLORS:
         raise ValueError(f"unknown colour {color!r}; known colours: {', '.join(COLORS)}")

@@ -59,17 +59,24 @@ T2I_UNET_CONFIG = t2i_unet_config()
 
 
 class TextConditioner:
-    """Prompts -> the text encoder's last hidden state (B, 77, D), frozen, with a cache per prompt.
+    """Prompts -> the frozen text encoder's last hidden state, with a cache per prompt.
 
+    ``mask_padding=False`` (SD's way): ``(B, 77, D)`` states of the padded prompts, the U-Net reads
+    all 77 positions. ``mask_padding=True``: ``(B, L, D)`` states and a ``(B, L)`` mask, L the
+    longest prompt of the batch, so that the U-Net reads only each prompt's own tokens (start,
+    words, end); the pipeline does the same at inference. The text encoder is causal, so a token's
+    state does not depend on the padding after it, and cutting the padding changes nothing else.
     ShapeWorld has a finite grammar, so the same caption comes back often during training; the
     cache makes the frozen text encoder cost almost nothing. The empty prompt ``""`` gives the
     unconditional embedding (as in SD: the encoding of an empty prompt, not zeros).
     Defined in notebook 09_text_conditioning.
     """
 
-    def __init__(self, tokenizer: CLIPStyleTokenizer, text_encoder: CLIPTextEncoder, cache: bool = True):
+    def __init__(self, tokenizer: CLIPStyleTokenizer, text_encoder: CLIPTextEncoder, cache: bool = True,
+                 mask_padding: bool = False):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.mask_padding = mask_padding
         self._cache: dict[str, torch.Tensor] | None = {} if cache else None
 
     @property
@@ -77,20 +84,34 @@ class TextConditioner:
         return self.text_encoder.config.hidden_size
 
     @torch.no_grad()
-    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 77, D)`` states, or with ``mask_padding`` a pair ``(B, L, D)`` states and ``(B, L)`` mask."""
         prompts = list(prompts)
         if self._cache is None:
-            return self._encode(prompts)
-        missing = sorted({p for p in prompts if p not in self._cache})
-        if missing:
-            for p, emb in zip(missing, self._encode(missing), strict=True):
-                self._cache[p] = emb
-        return torch.stack([self._cache[p] for p in prompts])
+            states = list(self._encode(prompts))
+        else:
+            missing = sorted({p for p in prompts if p not in self._cache})
+            if missing:
+                for p, emb in zip(missing, self._encode(missing), strict=True):
+                    self._cache[p] = emb
+            states = [self._cache[p] for p in prompts]
+        if not self.mask_padding:
+            return torch.stack(states)                              # (B, 77, D)
+        length = max(len(s) for s in states)
+        context = states[0].new_zeros(len(states), length, states[0].shape[-1])
+        mask = torch.zeros(len(states), length, dtype=torch.bool)
+        for i, s in enumerate(states):
+            context[i, :len(s)], mask[i, :len(s)] = s, True
+        return context, mask                                        # (B, L, D), (B, L)
 
-    def _encode(self, prompts: list[str]) -> torch.Tensor:
+    def _encode(self, prompts: list[str]) -> list[torch.Tensor]:
+        """Each prompt's states: (77, D), or with ``mask_padding`` only its own tokens (n_i, D)."""
         device = next(self.text_encoder.parameters()).device
-        ids = self.tokenizer(prompts).to(device)                    # (B, 77)
-        return self.text_encoder(ids).last_hidden_state            # (B, 77) -> (B, 77, D)
+        ids, mask = self.tokenizer(prompts, return_attention_mask=True)   # (B, 77)
+        states = self.text_encoder(ids.to(device)).last_hidden_state.cpu()   # (B, 77) -> (B, 77, D)
+        if not self.mask_padding:
+            return list(states)
+        return [s[:int(n)] for s, n in zip(states, mask.sum(dim=1), strict=True)]
 
 
 @dataclass
@@ -132,6 +153,9 @@ class LatentCaptionData:
             idx = torch.randint(0, len(self), (batch_size,), generator=g)
             drop = torch.rand(batch_size, generator=g) < caption_dropout
             prompts = ["" if d else self.captions[i] for i, d in zip(idx.tolist(), drop.tolist(), strict=True)]
-            return self.latents[idx], {"context": text(prompts)}
+            encoded = text(prompts)
+            if isinstance(encoded, tuple):                      # a U-Net that reads only the prompts' tokens
+                return self.latents[idx], {"context": encoded[0], "context_mask": encoded[1]}
+            return self.latents[idx], {"context": encoded}
 
         return next_batch

@@ -3,8 +3,9 @@
 The pipeline, step by step, as in OpenAI's ``simple_tokenizer.py`` and in transformers'
 ``CLIPTokenizer``:
 
-1. clean the text: (optionally) undo HTML escapes, Unicode NFC, collapse every run of whitespace
-   into one space, strip, lowercase;
+1. clean the text: Unicode NFC, collapse every run of whitespace into one space, strip, lowercase
+   (as transformers' ``CLIPTokenizer``; ``html_unescape=True`` also undoes HTML escapes, as OpenAI's
+   CLIP does);
 2. pre-tokenize with CLIP's regex: words of letters, single digits, runs of punctuation and the
    English contractions ``'s 't 're 've 'm 'll 'd`` become separate pieces;
 3. map each piece's UTF-8 bytes to printable characters (``bytes_to_unicode``), so that *any* text
@@ -69,6 +70,39 @@ class PromptTruncatedWarning(UserWarning):
     """
 
 
+class UnknownWordsWarning(UserWarning):
+    """Warned when a prompt has words a model never saw in training (its output is then a guess).
+
+    Defined in notebook 04_clip_text_embeddings.
+    """
+
+
+def words_outside(text: str, known_words: Iterable[str]) -> list[str]:
+    """The words of ``text`` (after the tokenizer's cleanup: lowercase, NFC) that are not in
+    ``known_words``, in order of appearance, each once. A word is a run of letters, digits and
+    apostrophes, so "Красный" and "sunset" are words and punctuation is not.
+    Defined in notebook 04_clip_text_embeddings.
+    """
+    known = {clean_text(w) for w in known_words}
+    pattern = r"[\p{L}\p{N}']+" if HAS_REGEX else r"[^\W_]+(?:'[^\W_]+)*"
+    found = (_regex if HAS_REGEX else re).findall(pattern, clean_text(text))
+    return list(dict.fromkeys(w for w in found if w.strip("'") and w not in known))
+
+
+def warn_unknown_words(text: str, known_words: Iterable[str], model: str = "the model") -> list[str]:
+    """Warn an ``UnknownWordsWarning`` naming the words of ``text`` outside ``known_words`` (the
+    words ``model`` was trained on); return them. A text model maps any text to some vector, so such
+    a prompt runs, but what it draws is not what the words say. Defined in notebook 04_clip_text_embeddings.
+    """
+    unknown = words_outside(text, known_words)
+    if unknown:
+        more = f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""
+        shown = ", ".join(repr(w) for w in unknown[:12]) + more
+        warnings.warn(f"the prompt {text!r} has words {model} never saw in training: {shown}; it will still "
+                      "draw something, but not what these words say", UnknownWordsWarning, stacklevel=2)
+    return unknown
+
+
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
     """The map from each of the 256 byte values to a printable Unicode character.
@@ -99,14 +133,16 @@ def base_vocabulary() -> list[str]:
     return symbols + [s + END_OF_WORD for s in symbols]
 
 
-def clean_text(text: str, html_unescape: bool = True) -> str:
+def clean_text(text: str, html_unescape: bool = False) -> str:
     """CLIP's text cleanup without ``ftfy``: HTML unescape, NFC, whitespace collapse, lowercase.
 
     Whitespace is Unicode's (with ``regex``) and lowercasing goes character by character, both as in
     transformers' ``CLIPTokenizer``.
 
-    ``html_unescape=True`` follows OpenAI's CLIP ("&amp;" becomes "&"); transformers'
-    ``CLIPTokenizer`` does not unescape, so pass ``False`` to match it on such text.
+    By default the cleanup is transformers' ``CLIPTokenizer``'s (what Stable Diffusion's pipelines
+    use): NFC, whitespace, lowercase, and no HTML unescaping, so "&amp;" stays as it is (the tests
+    compare ids on escaped, Unicode and whitespace-laden text). ``html_unescape=True`` follows
+    OpenAI's CLIP instead ("&amp;amp;" becomes "&").
     Defined in notebook 04_clip_text_embeddings.
     """
     if not isinstance(text, str):
@@ -120,7 +156,7 @@ def clean_text(text: str, html_unescape: bool = True) -> str:
     return text.lower() if text.isascii() else "".join(ch.lower() for ch in text)
 
 
-def pre_tokenize(text: str, html_unescape: bool = True) -> list[str]:
+def pre_tokenize(text: str, html_unescape: bool = False) -> list[str]:
     """Clean ``text`` and split it into CLIP's pieces, each as byte symbols (before BPE).
 
     Defined in notebook 04_clip_text_embeddings.
@@ -158,7 +194,7 @@ def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, .
 
 def train_bpe(texts: Iterable[str], vocab_size: int | None = None, num_merges: int | None = None,
               min_frequency: int = 2,
-              html_unescape: bool = True) -> tuple[dict[str, int], list[tuple[str, str]]]:
+              html_unescape: bool = False) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Learn CLIP-style BPE merges from ``texts``; return ``(vocab, merges)``.
 
     Give either ``vocab_size`` (total size: 512 byte symbols + merges + 2 special tokens) or
@@ -238,7 +274,7 @@ class CLIPStyleTokenizer:
     """
 
     def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]], context_length: int = 77,
-                 pad_token: str = EOS_TOKEN, html_unescape: bool = True):
+                 pad_token: str = EOS_TOKEN, html_unescape: bool = False):
         if not isinstance(vocab, dict) or not vocab:
             raise TypeError("vocab must be a non-empty dict {token: id}; get one from train_bpe(...) "
                             "or CLIPStyleTokenizer.from_folder(folder)")
@@ -414,7 +450,7 @@ class CLIPStyleTokenizer:
 
     @classmethod
     def from_folder(cls, folder: str | Path, context_length: int | None = None, pad_token: str | None = None,
-                    html_unescape: bool = True) -> CLIPStyleTokenizer:
+                    html_unescape: bool = False) -> CLIPStyleTokenizer:
         """Load ``vocab.json`` + ``merges.txt`` (ours, or a Stable Diffusion ``tokenizer/`` folder).
 
         ``context_length`` and ``pad_token`` default to those in ``tokenizer_config.json`` when it

@@ -470,4 +470,5 @@ def load_diffusion_checkpoint(name: str, folder: str | None = None,
     load_state_dict_checked(model, state, what=f"checkpoint {name!r}")
     sched = dict(config["schedule"])
     schedule = make_schedule(sched.pop("name"), sched.pop("T"), **sched)
+    model.training_schedule = schedule      # samplers.sample refuses another schedule for this model
     return DiffusionCheckpoint(model.to(map_location).eval(), schedule, config["prediction_type"], meta)

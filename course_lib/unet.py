@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import AttentionBlock, SpatialTransformer
+from .attention import AttentionBlock, SpatialTransformer, check_context_mask
 from .resnet import ResnetBlock2D, check_group_norm
 
 __all__ = ["timestep_embedding", "TimestepEmbedding", "Downsample2D", "Upsample2D", "UNetConfig", "UNet"]
@@ -201,9 +201,10 @@ def _nearby_multiples(size: int, factor: int) -> str:
     return f"{lower} or {lower + factor}" if lower != size else str(size)
 
 
-def _attend(attn: nn.Module, h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-    # SpatialTransformer reads the context; the unconditional AttentionBlock does not.
-    return attn(h, context) if isinstance(attn, SpatialTransformer) else attn(h)
+def _attend(attn: nn.Module, h: torch.Tensor, context: torch.Tensor | None,
+            context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    # SpatialTransformer reads the context (and its mask); the unconditional AttentionBlock does not.
+    return attn(h, context, context_mask) if isinstance(attn, SpatialTransformer) else attn(h)
 
 
 class DownBlock(nn.Module):
@@ -217,13 +218,13 @@ class DownBlock(nn.Module):
         self.attentions = nn.ModuleList(attentions)        # empty at levels without attention
         self.downsamplers = nn.ModuleList([downsample]) if downsample is not None else None
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None
-                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None,
+                context_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
         for i, resnet in enumerate(self.resnets):
             h = resnet(h, temb)
             if len(self.attentions) > 0:
-                h = _attend(self.attentions[i], h, context)
+                h = _attend(self.attentions[i], h, context, context_mask)
             skips.append(h)
         if self.downsamplers is not None:
             h = self.downsamplers[0](h)                         # (B, C, H, W) -> (B, C, H/2, W/2)
@@ -239,9 +240,10 @@ class MidBlock(nn.Module):
         self.attentions = nn.ModuleList([attention])
         self.resnets = nn.ModuleList(resnets)
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.resnets[0](h, temb)
-        h = _attend(self.attentions[0], h, context)
+        h = _attend(self.attentions[0], h, context, context_mask)
         return self.resnets[1](h, temb)
 
 
@@ -256,12 +258,12 @@ class UpBlock(nn.Module):
         self.upsamplers = nn.ModuleList([upsample]) if upsample is not None else None
 
     def forward(self, h: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor,
-                context: torch.Tensor | None) -> torch.Tensor:
+                context: torch.Tensor | None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         for i, resnet in enumerate(self.resnets):
             h = torch.cat([h, skips.pop()], dim=1)              # (B, C, H, W) + (B, C_skip, H, W)
             h = resnet(h, temb)
             if len(self.attentions) > 0:
-                h = _attend(self.attentions[i], h, context)
+                h = _attend(self.attentions[i], h, context, context_mask)
         if self.upsamplers is not None:
             h = self.upsamplers[0](h)                           # (B, C, H, W) -> (B, C, 2H, 2W)
         return h
@@ -272,7 +274,8 @@ class UNet(nn.Module):
 
     ``x (B, in_channels, H, W)`` with H and W divisible by ``2**(levels-1)``; ``t`` an int, a float,
     a 0-d tensor or a ``(B,)`` tensor of timesteps; ``context (B, L, cross_attention_dim)`` for a
-    conditional model (None for an unconditional one). State-dict keys are identical to diffusers'
+    conditional model (None for an unconditional one); ``context_mask (B, L)`` optionally keeps the
+    cross-attention off some tokens (diffusers' ``encoder_attention_mask``; SD itself attends to all 77). State-dict keys are identical to diffusers'
     ``UNet2DConditionModel`` (conditional) or ``UNet2DModel`` (unconditional) of matching config.
     Defined in notebook 03_unet.
     """
@@ -343,7 +346,8 @@ class UNet(nn.Module):
                              f"got {tuple(t.shape)}")
         return t.to(x.device)
 
-    def _check_inputs(self, x: torch.Tensor, context: torch.Tensor | None) -> None:
+    def _check_inputs(self, x: torch.Tensor, context: torch.Tensor | None,
+                      context_mask: torch.Tensor | None = None) -> None:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"the U-Net expects x of shape (B, {cfg.in_channels}, H, W), got "
@@ -356,7 +360,7 @@ class UNet(nn.Module):
                                  f"{cfg.num_levels} levels; use e.g. {_nearby_multiples(size, factor)} "
                                  "(pad or resize the input)")
         if cfg.cross_attention_dim is None:
-            if context is not None:
+            if context is not None or context_mask is not None:
                 raise ValueError("this U-Net is unconditional (cross_attention_dim=None) and takes no "
                                  "context; call it as unet(x, t), or build it with cross_attention_dim set")
             return
@@ -367,19 +371,20 @@ class UNet(nn.Module):
         if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != cfg.cross_attention_dim:
             raise ValueError(f"context should have shape ({x.shape[0]}, L, {cfg.cross_attention_dim}) = "
                              f"(batch, tokens, cross_attention_dim), got {tuple(context.shape)}")
+        check_context_mask(context_mask, context)
 
     def forward(self, x: torch.Tensor, t: int | float | torch.Tensor,
-                context: torch.Tensor | None = None) -> torch.Tensor:
-        self._check_inputs(x, context)
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_inputs(x, context, context_mask)
         t_freq = timestep_embedding(self._timesteps(t, x), self.config.block_out_channels[0])
         temb = self.time_embedding(t_freq.to(x.dtype))                # (B, C0) -> (B, 4*C0)
 
         h = self.conv_in(x)                                           # (B, in, H, W) -> (B, C0, H, W)
         skips = [h]
         for block in self.down_blocks:
-            h, block_skips = block(h, temb, context)
+            h, block_skips = block(h, temb, context, context_mask)
             skips += block_skips
-        h = self.mid_block(h, temb, context)
+        h = self.mid_block(h, temb, context, context_mask)
         for block in self.up_blocks:
-            h = block(h, skips, temb, context)                        # pops its skips from the end
+            h = block(h, skips, temb, context, context_mask)                       # pops its skips from the end
         return self.conv_out(self.conv_act(self.conv_norm_out(h)))   # (B, C0, H, W) -> (B, out, H, W)

@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=60000, help="training images, encoded once to latents")
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="block_out_channels")
     p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--mask-padding", action=argparse.BooleanOptionalAction, default=True,
+                   help="the U-Net reads only each caption's own tokens, the padding masked out of its "
+                        "cross-attention (the pipeline does the same when the config says mask_padding); "
+                        "--no-mask-padding reads all 77 positions, as SD does")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: 2; under torchrun, torchrun's OMP_NUM_THREADS per process)")
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         seed_everything(args.seed)
         tokenizer, clip = load_shipped_clip()
         vae = load_shipped_autoencoder()
-        text = TextConditioner(tokenizer, clip.text_encoder)
+        text = TextConditioner(tokenizer, clip.text_encoder, mask_padding=args.mask_padding)
         start = time.time()
         data = LatentCaptionData.from_shapeworld(vae, args.images, seed=TRAIN_SEED)
         ctx.print(f"encoded {len(data)} training images to latents {tuple(data.latents.shape[1:])} in "
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                                        distributed=ctx, precision=args.precision, checkpoint_dir=args.checkpoint_dir,
                                        checkpoint_every=args.checkpoint_every, resume=args.resume,
                                        run_config={"images": args.images, "caption_dropout": args.caption_dropout,
-                                                   "data_seed": TRAIN_SEED})
+                                                   "data_seed": TRAIN_SEED, "mask_padding": args.mask_padding})
         if not ctx.is_main:
             return
         minutes = (time.time() - start) / 60
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         command = (f"{launcher} scripts/train_text_to_image.py --steps {result.steps} --batch-size {args.batch_size} "
                    f"--lr {args.lr} --ema-decay {args.ema_decay} --images {args.images} --channels {channels} "
                    f"--caption-dropout {args.caption_dropout} --seed {args.seed}"
+                   + ("" if args.mask_padding else " --no-mask-padding")
                    + ("" if precision == "fp32" else f" --precision {precision}"))
         single_cpu = ctx.world_size == 1 and ctx.device.type == "cpu" and precision == "fp32"
         metrics = {"steps": result.steps, "epochs": round(result.images / len(data), 2),
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                                       "resumed_from_step": result.start_step}
         training = {"steps": result.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 200,
                     "ema_decay": args.ema_decay, "grad_clip": config.grad_clip, "seed": args.seed,
-                    "caption_dropout": args.caption_dropout,
+                    "caption_dropout": args.caption_dropout, "mask_padding": args.mask_padding,
                     "data": f"{args.images} ShapeWorld train-split images (seeds from {TRAIN_SEED}), latents of "
                             "the shipped autoencoder, captions through the shipped CLIP text encoder",
                     "weights": "EMA"}

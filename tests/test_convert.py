@@ -12,8 +12,11 @@ v outputs as diffusers does, 2e-5. Asserted: ATOL = 5e-5.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -36,9 +39,11 @@ from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
 from course_lib.clip import CLIPTextConfig, CLIPTextEncoder  # noqa: E402
 from course_lib.convert import (  # noqa: E402
     CheckpointError,
+    SchedulerSettingWarning,
     download_pipeline,
     load_diffusers_pipeline,
     load_tokenizer,
+    pipeline_scheduler_config,
     sampler_options,
     schedule_from_config,
     scheduler_sampler,
@@ -231,8 +236,8 @@ def test_folder_scheduler_settings_match_diffusers(built, loaded, name, sampler)
     options = sampler_options(config, sampler)
     latents = latents_for(pipe)
     prompt, negative = apply_style(PROMPT, "", STYLE)
-    model_fn = guided_model_fn(lambda x, t, c: pipe.unet(x, t, c), pipe.encode_prompt([prompt]),
-                               pipe.encode_prompt([negative]), GUIDANCE)
+    (cond, _), (uncond, _) = pipe.encode_prompt([prompt]), pipe.encode_prompt([negative])   # SD: no mask
+    model_fn = guided_model_fn(lambda x, t, c: pipe.unet(x, t, c), cond, uncond, GUIDANCE)
     with torch.no_grad():
         result = sample(model_fn, pipe.schedule, latents, sampler, STEPS, prediction_type=pipe.prediction_type,
                         **options)
@@ -406,10 +411,10 @@ def test_other_unsupported_settings_are_named(copy_of):
         load_diffusers_pipeline(folder)
     with pytest.raises(CheckpointError, match="prediction_type='flow' is not one of"):
         schedule_from_config({**SD15_SCHEDULER, "prediction_type": "flow"})
-    with pytest.raises(CheckpointError, match="clip_sample=True asks for clipping .* 'ddim' sampler does not do"):
-        sampler_options({**SD15_SCHEDULER, "clip_sample": True}, "ddim")
-    with pytest.raises(CheckpointError, match="use_karras_sigmas=True asks for Karras"):
-        sampler_options({**SD15_SCHEDULER, "use_karras_sigmas": True}, "dpm-solver++")
+    with pytest.raises(CheckpointError, match="thresholding=True asks for dynamic thresholding .* 'ddim' sampler"):
+        sampler_options({**SD15_SCHEDULER, "thresholding": True}, "ddim")
+    with pytest.raises(CheckpointError, match="use_exponential_sigmas=True asks for exponential"):
+        sampler_options({**SD15_SCHEDULER, "use_exponential_sigmas": True}, "dpm-solver++")
     with pytest.raises(CheckpointError, match="skip_prk_steps=False asks for PNDM's Runge-Kutta"):
         sampler_options({**SD15_SCHEDULER, "skip_prk_steps": False}, "plms")
     with pytest.raises(CheckpointError, match="tokenizer: "):
@@ -434,3 +439,164 @@ def test_download_says_offline_in_one_sentence(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unknown)
     with pytest.raises(ConnectionError, match=r"has no public model 'stabilityai/stable-diffusion-2-1-base'"):
         download_pipeline("stabilityai/stable-diffusion-2-1-base")
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 17: every scheduler setting is honoured (= diffusers) or refused by name; no silent defaults
+# ------------------------------------------------------------------------------------------------
+
+def scheduler_folder(copy_of, name: str, sampler: str, changes: dict, drop: tuple = ()):
+    """A copy of a built folder whose scheduler config has ``changes`` and lacks the keys ``drop``."""
+    folder = copy_of(name)
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = {k: v for k, v in json.loads(path.read_text()).items() if k not in drop}
+    path.write_text(json.dumps({**config, **changes}))
+    return folder
+
+
+# float32 differences grow with the guidance scale on these random U-Nets (at 7.5: 2e-4 once clipped)
+SETTING_GUIDANCE = 1.0
+SETTING_CASES = {  # id -> (case, sampler, steps, config changes, keys removed)
+    "ddim from a PNDM config without clip_sample (DDIM's default: clip)": ("sd1", "ddim", 10, {}, ("clip_sample",)),
+    "ddim clip_sample_range 2 from a PNDM config": ("sd1", "ddim", 10, {"clip_sample": True,
+                                                                        "clip_sample_range": 2.0}, ()),
+    "DDIM config without clip_sample (the pipeline turns it off)": ("sd2_v", "ddim", 10, {}, ("clip_sample",)),
+    "ddim trailing 7 steps": ("sd1", "ddim", 7, {"timestep_spacing": "trailing"}, ()),
+    "plms trailing 7 steps": ("sd1", "plms", 7, {"timestep_spacing": "trailing"}, ()),
+    "plms v linspace 6 steps": ("sd2_v", "plms", 6, {"timestep_spacing": "linspace"}, ()),
+    "dpm-solver++ karras": ("sd1", "dpm-solver++", 10, {"use_karras_sigmas": True}, ()),
+    "dpm-solver++ karras v trailing 7": ("sd2_v", "dpm-solver++", 7,
+                                         {"use_karras_sigmas": True, "timestep_spacing": "trailing"}, ()),
+}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("case", list(SETTING_CASES))
+def test_folder_scheduler_settings_are_honoured_like_diffusers(built, copy_of, case):
+    """The course's pipeline = diffusers' pipeline loaded from the folder, its scheduler switched the
+    documented way (``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``)."""
+    name, sampler, steps, changes, drop = SETTING_CASES[case]
+    folder = scheduler_folder(copy_of, name, sampler, changes, drop)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        pipe = load_diffusers_pipeline(folder)
+    latents = latents_for(pipe)
+    ours = pipe(PROMPT, style=STYLE, sampler=sampler, steps=steps, guidance_scale=SETTING_GUIDANCE, latents=latents,
+                show_progress=False)
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    own = getattr(diffusers, config["_class_name"]).from_config(config)
+    ref = StableDiffusionPipeline(**{**built[name][1].components, "scheduler": own})
+    if sampler != scheduler_sampler(config):       # the folder's own scheduler runs as loaded
+        cls, kwargs = REFERENCE_SCHEDULERS[sampler]
+        ref.scheduler = cls.from_config(ref.scheduler.config, **kwargs)
+    ref.set_progress_bar_config(disable=True)
+    prompt, negative = apply_style(PROMPT, "", STYLE)
+    expected = ref(prompt=prompt, negative_prompt=negative, num_inference_steps=steps,
+                   guidance_scale=SETTING_GUIDANCE, latents=latents.clone(), output_type="pt").images
+    diff = max_diff(ours.images, expected)
+    assert diff < ATOL, f"{case}: max |difference| {diff:.2e}"
+    clip = ref.scheduler.config.get("clip_sample", False)
+    assert pipe.sampler_options[sampler].get("clip_sample", False) == clip
+
+
+def test_folder_without_clip_sample_warns_that_the_pipeline_turns_it_off(copy_of):
+    """diffusers' pipeline turns its own DDIM scheduler's clip_sample (default True) off when loading;
+    a DDIM switched in with from_config(pipe.scheduler.config) takes the default again and clips."""
+    folder = scheduler_folder(copy_of, "sd2_v", "ddim", {}, ("clip_sample", "steps_offset"))
+    with pytest.warns(SchedulerSettingWarning) as caught:
+        pipe = load_diffusers_pipeline(folder)
+    message = " ".join(str(w.message) for w in caught)
+    assert "steps_offset=0 becomes 1; clip_sample=True (DDIMScheduler default) is turned off for the 'ddim'" in message
+    assert "clip_sample" not in pipe.sampler_options["ddim"] and pipe.sampler_options["ddim"]["steps_offset"] == 1
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert pipeline_scheduler_config(config, "ddpm", warn=False).get("clip_sample") is None   # DDPM's default: clip
+    assert sampler_options(pipeline_scheduler_config(config, "ddpm", warn=False), "ddpm")["clip_sample"] is True
+
+
+@pytest.mark.parametrize("drop", [(), ("clip_sample",)])
+def test_sampler_options_clip_like_the_scheduler_from_config(drop):
+    """Scheduler level: ``DDIMScheduler.from_config(config)`` clips where the config says so or omits it."""
+    config = {**{k: v for k, v in SD15_SCHEDULER.items() if k not in drop}}
+    if not drop:
+        config.update(clip_sample=True, clip_sample_range=1.5)
+    options = sampler_options(config, "ddim")
+    assert options["clip_sample"] is True
+    model = lambda x, t: 0.7 * x * torch.cos(t.float().view(-1, 1, 1, 1) / 300) + 0.2  # noqa: E731
+    x_T = 4 * torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    schedule, _ = schedule_from_config(config)
+    ref_sched = DDIMScheduler.from_config(config)
+    ref_sched.set_timesteps(10)
+    x = x_T.clone()
+    for t in ref_sched.timesteps:
+        x = ref_sched.step(model(x, torch.full((1,), int(t))), t, x).prev_sample
+    ours = sample(model, schedule, x_T, "ddim", 10, **options).sample
+    assert (ours - x).abs().max() < 1e-5
+    assert (sample(model, schedule, x_T, "ddim", 10).sample - x).abs().max() > 1e-3
+
+
+def test_settings_the_course_does_not_do_refuse_that_sampler_by_name(copy_of):
+    folder = scheduler_folder(copy_of, "sd1", "ddim", {"thresholding": True})
+    pipe = load_diffusers_pipeline(folder)           # the folder loads; only the samplers that would differ refuse
+    for sampler in ("ddim", "dpm-solver++"):
+        expected = re.escape(f"the '{sampler}' sampler cannot reproduce") + ".*thresholding=True"
+        with pytest.raises(ValueError, match=expected):
+            pipe(PROMPT, sampler=sampler, steps=2, show_progress=False)
+    pipe(PROMPT, sampler="plms", steps=2, show_progress=False)            # PNDM has no thresholding
+    # a key the config omits takes the diffusers scheduler's default: PNDM's skip_prk_steps is False
+    with pytest.raises(CheckpointError, match=r"skip_prk_steps=False \(diffusers' default for PNDMScheduler"):
+        sampler_options({k: v for k, v in SD15_SCHEDULER.items() if k != "skip_prk_steps"}, "plms")
+    assert sampler_options({k: v for k, v in SD21_V_SCHEDULER.items() if k != "clip_sample"}, "ddim")[
+        "clip_sample"] is True
+    sde = {"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++"}
+    assert scheduler_sampler(sde) is None
+    assert scheduler_sampler({"_class_name": "DPMSolverMultistepScheduler"}) == "dpm-solver++"
+
+
+def test_every_diffusers_scheduler_setting_is_known():
+    """Each __init__ setting of the four schedulers is a schedule key, a mapped option or a checked setting,
+    with diffusers' own default (so a config that omits it gets what diffusers would use)."""
+    import inspect
+
+    from course_lib.convert import SAMPLER_SCHEDULERS, SCHEDULER_SETTINGS
+
+    schedule_keys = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                     "prediction_type", "rescale_betas_zero_snr", "algorithm_type"}
+    classes = {"ddpm": diffusers.DDPMScheduler, "ddim": DDIMScheduler, "plms": PNDMScheduler,
+               "dpm-solver++": DPMSolverMultistepScheduler}
+    for sampler, cls in classes.items():
+        params = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+        known = {**SAMPLER_SCHEDULERS[sampler][1], **SCHEDULER_SETTINGS[sampler]}
+        assert set(params) - schedule_keys - {"solver_order"} <= set(known) | {"solver_order"}, sampler
+        for key, value in SCHEDULER_SETTINGS[sampler].items():
+            assert params[key] == value, (sampler, key)
+
+
+def test_num_train_timesteps_other_than_sds_is_refused(copy_of):
+    folder = scheduler_folder(copy_of, "sd1", "plms", {"num_train_timesteps": 500})
+    with pytest.raises(CheckpointError, match="num_train_timesteps=500; Stable Diffusion 1.x and 2.x"):
+        load_diffusers_pipeline(folder)
+    with pytest.raises(CheckpointError, match="trained_betas has 3 values for num_train_timesteps=1000"):
+        schedule_from_config({**SD15_SCHEDULER, "trained_betas": [0.1, 0.2, 0.3]})
+
+
+def test_a_corrupted_weights_file_is_named(copy_of):
+    folder = copy_of("sd2")
+    path = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"vae: .*vae/diffusion_pytorch_model\.safetensors is not a readable "
+                                              "safetensors file .*download that file again"):
+        load_diffusers_pipeline(folder)
+
+
+def test_the_loaded_unet_records_its_schedule(loaded):
+    from course_lib.schedules import linear_schedule
+
+    pipe = loaded["sd1"]
+    assert pipe.unet.training_schedule is pipe.schedule
+    x = torch.randn(1, *pipe.latent_shape)
+    context = torch.zeros(1, 77, pipe.unet.config.cross_attention_dim)
+    unet_fn = functools.partial(pipe.unet, context=context)      # the U-Net itself says which schedule it needs
+    sample(unet_fn, pipe.schedule, x, "ddim", 2)
+    with pytest.raises(ValueError, match="differs from the model's training schedule"):
+        sample(unet_fn, linear_schedule(), x, "ddim", 2)

@@ -78,6 +78,46 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path):
         load_checkpoint("tiny", Tiny, folder=tmp_path)
 
 
+def test_checksum_errors_say_which_file_changed(tmp_path, monkeypatch):
+    """A tampered manifest is named as such (not "restore the weights"); a truncated file whose
+    checksum was updated says it is not readable safetensors."""
+    import json
+
+    from course_lib import checkpoints
+
+    save_checkpoint(Tiny(5), "tiny", config={"width": 5}, folder=tmp_path)
+    manifest_path = tmp_path / "manifest.json"
+    good = json.loads(manifest_path.read_text())
+    committed = good["tiny"]["sha256"]
+    tampered = {**good, "tiny": {**good["tiny"], "sha256": "0" * 64}}
+    manifest_path.write_text(json.dumps(tampered))
+    monkeypatch.setattr(checkpoints, "_committed_sha256", lambda folder, name: committed)   # git HEAD's entry
+    with pytest.raises(CheckpointError, match="the weights are the committed ones, so the manifest changed") as err:
+        load_checkpoint("tiny", Tiny, folder=tmp_path)
+    assert "git checkout -- " in str(err.value) and "manifest.json" in str(err.value)
+    assert "Restore it with `git checkout -- " + str(tmp_path / "tiny.safetensors") not in str(err.value)
+    monkeypatch.setattr(checkpoints, "_committed_sha256", lambda folder, name: None)         # no git
+    with pytest.raises(CheckpointError, match="either the weights file or the manifest's entry for 'tiny' changed"):
+        load_checkpoint("tiny", Tiny, folder=tmp_path)
+    manifest_path.write_text(json.dumps(good))
+    weights = tmp_path / "tiny.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])                                           # truncated...
+    good["tiny"]["sha256"] = checkpoints.sha256_of(weights)                                  # ...checksum updated
+    manifest_path.write_text(json.dumps(good))
+    with pytest.raises(CheckpointError, match=r"tiny\.safetensors matches its checksum .* not a readable safetensors"):
+        load_checkpoint("tiny", Tiny, folder=tmp_path)
+
+
+def test_committed_checksums_are_read_from_git():
+    from course_lib.checkpoints import _committed_sha256
+    from course_lib.paths import data_dir
+
+    sha = _committed_sha256(data_dir(), "shapeworld_vae")
+    if sha is None:
+        pytest.skip("not a git checkout")
+    assert len(sha) == 64 and _committed_sha256(data_dir(), "no such checkpoint") is None
+
+
 def test_shipped_manifest_matches_files():
     """Every shipped checkpoint's file has the checksum the manifest records."""
     from course_lib.checkpoints import sha256_of

@@ -17,6 +17,7 @@ from course_lib.checkpoints import CheckpointError
 from course_lib.config import (
     SHIPPED_CONFIG,
     ConfigError,
+    ConfigMismatchWarning,
     build_from_config,
     instantiate_from_config,
     load_config,
@@ -38,7 +39,8 @@ def config() -> dict:
 @pytest.fixture(scope="module")
 def pipe(config):
     torch.manual_seed(0)
-    return build_from_config(config)
+    with pytest.warns(ConfigMismatchWarning, match="unet_config.params.ckpt_path is missing"):
+        return build_from_config(config, strict=False)
 
 
 def test_config_mirrors_stable_diffusion_keys(config):
@@ -169,7 +171,7 @@ def test_config_errors_say_what_to_fix(config):
     c = copy.deepcopy(config)
     c["model"]["params"]["unet_config"]["params"]["context_dim"] = 128
     with pytest.raises(ConfigError, match="do not fit together"):
-        build_from_config(c)
+        build_from_config(c, strict=False)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("no/such.yaml")
     with pytest.raises(ConfigError, match="cannot be imported"):
@@ -184,7 +186,8 @@ def test_weights_that_do_not_fit_the_config_are_a_clear_error(config):
 
 
 def test_bf16_runs_the_unet_in_bfloat16_and_stays_close(config, pipe):
-    pipe16 = build_from_config(config, use_bf16=True)
+    with pytest.warns(ConfigMismatchWarning):
+        pipe16 = build_from_config(config, use_bf16=True, strict=False)
     pipe16.unet.load_state_dict(pipe.unet.state_dict())
     assert next(pipe16.unet.parameters()).dtype == torch.bfloat16 and pipe16.use_bf16
     a = pipe(PROMPT, steps=4, show_progress=False)
@@ -218,3 +221,149 @@ def test_no_warnings_for_a_normal_prompt(pipe):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pipe(PROMPT, steps=1, show_progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 17: the config against its checkpoints; clear errors on the command line
+# ------------------------------------------------------------------------------------------------
+
+def shipped(**edits) -> dict:
+    """The shipped config (weights named) with ``edits``: "a.b.c" paths under model.params -> value or DELETE."""
+    cfg = load_config(SHIPPED_CONFIG)
+    for path, value in edits.items():
+        *parents, key = path.split("__")
+        node = cfg["model"]["params"]
+        for name in parents:
+            node = node[name]
+        if value is DELETE:
+            del node[key]
+        else:
+            node[key] = value
+    return cfg
+
+
+DELETE = object()
+MISMATCHES = {  # edit -> what the error must say
+    "unet_config__params__norm_num_groups": (8, "unet_config: norm_num_groups is 8 here but 16 in the checkpoint"),
+    "timesteps": (500, "timesteps is 500 here but 1000 in the checkpoint"),
+    "linear_end": (0.02, "linear_end is 0.02 here but 0.012 in the checkpoint"),
+    "linear_start": (0.0001, "linear_start is 0.0001 here but 0.00085 in the checkpoint"),
+    "parameterization": ("v", "parameterization is 'v' here but the U-Net predicts 'eps'"),
+    "cond_stage_config__params__layer": ("penultimate", "layer is 'penultimate' here but the U-Net was trained on "
+                                                        "the text encoder's 'last' layer"),
+    "unet_config__params__ckpt_path": (DELETE, "unet_config.params.ckpt_path is missing: the U-Net would keep random"),
+    "first_stage_config__params__ddconfig__norm_num_groups": (4, "norm_num_groups is 4 here but 8 in the checkpoint"),
+    "scale_factor": (0.18215, "scaling_factor is 0.18215 here but 0.2942"),
+    "cond_stage_config__params__text_config__hidden_act": ("gelu", "hidden_act is 'gelu' here but 'quick_gelu'"),
+}
+
+
+@pytest.mark.parametrize("edit", list(MISMATCHES))
+def test_a_config_that_differs_from_its_checkpoints_stops_with_the_list(edit):
+    value, message = MISMATCHES[edit]
+    with pytest.raises(ConfigError, match="differs from what its checkpoints were trained with") as err:
+        build_from_config(shipped(**{edit: value}))
+    assert message in str(err.value) and "strict=False" in str(err.value)
+
+
+def test_strict_false_builds_and_warns_every_difference():
+    cfg = shipped(timesteps=500, parameterization="v", unet_config__params__norm_num_groups=8)
+    with pytest.warns(ConfigMismatchWarning) as caught:
+        pipe = build_from_config(cfg, strict=False)
+    message = str(caught[0].message)
+    assert all(m in message for m in ("timesteps is 500", "parameterization is 'v'", "norm_num_groups is 8"))
+    assert pipe.schedule.num_train_timesteps == 500 and pipe.prediction_type == "v_prediction"
+
+
+def test_the_shipped_config_builds_strictly_and_records_its_schedule():
+    from course_lib.samplers import sample
+    from course_lib.schedules import make_schedule
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe = build_from_config(SHIPPED_CONFIG)
+    assert pipe.unet.training_schedule.num_train_timesteps == 1000
+    context = torch.zeros(1, 77, pipe.unet.config.cross_attention_dim)
+
+    def unet_fn(x, t):
+        return pipe.unet(x, t, context)
+
+    unet_fn.training_schedule = pipe.unet.training_schedule     # or any callable that carries it
+    with pytest.raises(ValueError, match="differs from the model's training schedule"):
+        sample(unet_fn, make_schedule("linear"), torch.randn(1, *pipe.latent_shape), "ddim", 2)
+
+
+def test_invalid_yaml_is_a_clear_error(tmp_path, capsys):
+    from course_lib.generate import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  target: course_lib.config.LatentDiffusion\n  params: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML at line \d+, column \d+"):
+        load_config(bad)
+    assert main([PROMPT, "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid YAML" in err and "Traceback" not in err
+
+
+def test_device_without_a_gpu_is_a_clear_error(capsys, monkeypatch):
+    from course_lib.generate import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([PROMPT, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: this machine has no CUDA GPU" in err and "--device cpu" in err and "Traceback" not in err
+    assert main([PROMPT, "--device", "gpu0"]) == 2
+    assert "is not a device" in capsys.readouterr().err
+
+
+def test_command_line_config_mismatch_and_no_strict(tmp_path, capsys):
+    import yaml
+
+    from course_lib.generate import main
+
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(shipped(timesteps=500)))
+    assert main([PROMPT, "--config", str(path), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "timesteps is 500 here but 1000" in err and "--no-strict" in err and "Traceback" not in err
+    out = tmp_path / "out.png"
+    assert main([PROMPT, "--config", str(path), "--steps", "1", "--no-strict", "--out", str(out)]) == 0
+    assert "warning: the config differs" in capsys.readouterr().err and out.is_file()
+
+
+def test_command_line_warns_words_the_shapeworld_model_never_saw(tmp_path, capsys):
+    from course_lib.generate import main
+
+    out = tmp_path / "out.png"
+    assert main(["Заяц жонглирует мячами", "--steps", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the prompt 'Заяц жонглирует мячами' has words the ShapeWorld model never saw" in err
+    assert "'заяц', 'жонглирует', 'мячами'" in err
+    assert main([PROMPT, "--steps", "1", "--out", str(out)]) == 0
+    assert "never saw" not in capsys.readouterr().err
+
+
+def test_command_line_names_a_damaged_weights_file(tmp_path, capsys, monkeypatch):
+    """A truncated safetensors file whose checksum was updated in the manifest: named, no traceback."""
+    import json
+    import shutil
+
+    from course_lib import checkpoints, config
+    from course_lib.checkpoints import sha256_of
+    from course_lib.generate import main
+    from course_lib.paths import data_dir
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir(), data, ignore=shutil.ignore_patterns("mnist_5k.npz", "*mnist*", "*segmentation*",
+                                                                    "*gan*", "*digit*", "*attribute*"))
+    weights = data / "shapeworld_vae.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["shapeworld_vae"]["sha256"] = sha256_of(weights)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(checkpoints, "data_dir", lambda: data)
+    monkeypatch.setattr(config, "data_dir", lambda: data)
+    assert main([PROMPT, "--steps", "1", "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "shapeworld_vae.safetensors matches its checksum" in err and "not a readable safetensors file" in err
+    assert "Traceback" not in err

@@ -8,6 +8,7 @@ import json
 import random
 import unicodedata
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +36,20 @@ SENTENCES = [
     "Собака ест сосиску на пляже.",
     "a cat 🐱 and a dog 🐶 on a sunny day",
 ]
+
+
+SHIPPED_TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "tokenizer"
+
+
+def SHIPPED_HF():  # noqa: N802 - a cached constant
+    """transformers' CLIPTokenizer on the shipped vocab.json + merges.txt."""
+    global _SHIPPED_HF
+    if _SHIPPED_HF is None:
+        _SHIPPED_HF = CLIPTokenizer.from_pretrained(str(SHIPPED_TOKENIZER))
+    return _SHIPPED_HF
+
+
+_SHIPPED_HF = None
 
 
 def caption_corpus() -> list[str]:
@@ -230,12 +245,41 @@ def test_decode_gives_back_a_clean_caption(ours):
 
 
 # ------------------------------------------------------------------------------------- cleanup
-def test_html_unescape_is_clips_and_can_be_switched_off(ours, hf, folder):
-    assert clean_text("  Tom &amp;amp; Jerry\u00a0&lt;3 ") == "tom & jerry <3"
-    assert ours.encode("salt &amp; pepper") == ours.encode("salt & pepper")  # OpenAI CLIP's cleanup
-    plain = CLIPStyleTokenizer.from_folder(folder, html_unescape=False)
-    # transformers does not unescape
-    assert plain.encode("salt &amp; pepper") == hf.encode("salt &amp; pepper")
+CLEANUP_CASES = ["salt &amp; pepper", "Tom &amp;amp; Jerry &lt;3 &#39;x&#39;", "a &quot;red&quot; circle",
+                 "a red\u00a0circle", "  a\tred \n circle  ", "Красный круг над синим квадратом",
+                 "CAFÉ e\u0301 Ångström", "ΣΑΣ İstanbul", "a\u2003b\u200bc x\u0085y", "\ufeffred a\u3000b",
+                 "ﬁ ligature ²³ 12", "😀 emoji", "don't RED's", "a_b-c", "\u3000\t\n", ""]
+
+
+@pytest.mark.parametrize("text", CLEANUP_CASES)
+def test_cleanup_matches_transformers_on_escaped_unicode_and_whitespace(ours, hf, text):
+    """The default cleanup is transformers' CLIPTokenizer's: no HTML unescaping ("&amp;" stays)."""
+    assert ours.encode(text) == hf(text).input_ids
+    assert CLIPStyleTokenizer.from_folder(SHIPPED_TOKENIZER).encode(text) == SHIPPED_HF()(text).input_ids
+
+
+def test_html_unescape_is_openai_clips_option(ours, folder):
+    assert clean_text("  Tom &amp;amp; Jerry\u00a0&lt;3 ") == "tom &amp;amp; jerry &lt;3"
+    assert clean_text("  Tom &amp;amp; Jerry\u00a0&lt;3 ", html_unescape=True) == "tom & jerry <3"
+    openai = CLIPStyleTokenizer.from_folder(folder, html_unescape=True)
+    assert openai.encode("salt &amp; pepper") == openai.encode("salt & pepper") != ours.encode("salt &amp; pepper")
+
+
+def test_words_outside_a_vocabulary_are_warned_by_name():
+    from course_lib.shapeworld import caption_words
+    from course_lib.tokenizer import UnknownWordsWarning, warn_unknown_words, words_outside
+
+    words = caption_words()
+    assert words_outside("A red circle above a BLUE square", words) == []
+    assert words_outside("two green crosses in the top left", words) == []
+    russian = "Заяц жонглирует мячами"                     # the article's kind of prompt
+    assert words_outside(russian, words) == ["заяц", "жонглирует", "мячами"]
+    assert words_outside("a red dog, a red dog!", words) == ["dog"]
+    with pytest.warns(UnknownWordsWarning, match="never saw in training: 'заяц', 'жонглирует', 'мячами'"):
+        assert warn_unknown_words(russian, words, "the ShapeWorld model") == ["заяц", "жонглирует", "мячами"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_unknown_words("a small red circle in the center", words) == []
 
 
 def test_every_byte_is_in_the_vocabulary(ours):

@@ -296,6 +296,7 @@ def build_tiny_sd(folder: Path) -> Path:
     path = folder / "tiny-sd" / "scheduler" / "scheduler_config.json"
     config = json.loads(path.read_text())
     config.pop("timestep_spacing")
+    config["clip_sample"] = False          # the public SD folders say so (diffusers' DDIM would clip otherwise)
     path.write_text(json.dumps(config, indent=2))
     return folder / "tiny-sd"
 
