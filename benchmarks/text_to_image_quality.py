@@ -2,6 +2,7 @@
 
     python benchmarks/text_to_image_quality.py            # writes benchmarks/results/text_to_image_quality.json
     python benchmarks/text_to_image_quality.py --n 64 --guidance 1 4 --out /tmp/q.json   # a quick look
+    python benchmarks/text_to_image_quality.py --unet shapeworld_t2i_unet_77 --n 200 --guidance 4 --out /tmp/first.json
 
 For each guidance scale and for both splits ("train": colour-shape combinations seen in training;
 "heldout": each caption names a pair never seen), it draws one image for each of ``--n`` ShapeWorld
@@ -10,6 +11,9 @@ unless told otherwise; the same seeds for every scale) and measures them with th
 (``course_lib.prompt_eval``): adherence per GenEval category, overall and exact, and the Frechet
 distance, KID, precision and recall on the attribute network's features, each beside its
 real-versus-real floor. Notebooks 09 (the guidance sweep) and 10 (the final table) plot this file.
+``--unet NAME`` measures another U-Net checkpoint of ``data/`` in the same pipeline (for example the
+course's first model, ``shapeworld_t2i_unet_77``, which reads all 77 positions), fed the way its
+training record says (``mask_padding``).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from course_lib.pipeline import GenerationSettings, load_shipped_pipeline  # noqa: E402
+from course_lib.pipeline import GenerationSettings, TextToImagePipeline, load_shipped_pipeline  # noqa: E402
 from course_lib.prompt_eval import EVAL_SEED, evaluate_prompts  # noqa: E402
+from course_lib.training import load_diffusion_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,11 +44,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--splits", nargs="+", default=["train", "heldout"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--unet", default=None, help="another U-Net checkpoint of data/ to measure (default: the shipped one)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text_to_image_quality.json"))
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     pipe = load_shipped_pipeline()
+    if args.unet is not None:
+        ck = load_diffusion_checkpoint(args.unet)
+        masked = bool(ck.meta["config"].get("training", {}).get("mask_padding", False))
+        pipe = TextToImagePipeline(pipe.tokenizer, pipe.text_encoder, ck.model, pipe.vae, ck.schedule,
+                                   ck.prediction_type, mask_padding=masked)
     rows = []
     result = {"command": "python benchmarks/text_to_image_quality.py " + " ".join(sys.argv[1:]),
               "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, fp32",

@@ -195,32 +195,65 @@ print(f"changing the text changes the output: {moved > 1e-3}")
 # | part | notebook | here |
 # |---|---|---|
 # | autoencoder, 32x32x3 -> 8x8x4, scale factor | 08 | frozen, encodes every training image once |
-# | tokenizer + CLIP text encoder, 77 tokens -> (77, 64) | 04 | frozen, encodes every caption |
+# | tokenizer + CLIP text encoder, a caption's L tokens -> (L, 64) | 04 | frozen, encodes every caption |
 # | U-Net with cross-attention | 03 | trained |
 # | noise schedule, epsilon loss, EMA | 05-06 | SD's scaled-linear schedule |
 #
 # One trick makes guidance possible: in 10% of the training examples the caption is replaced by
 # the empty prompt `""` (SD does the same). The same network then learns both
 # $\epsilon(x_t, t, \text{prompt})$ and the unconditional $\epsilon(x_t, t, \varnothing)$.
+#
+# ### Which tokens should the U-Net read?
+# SD pads every prompt to 77 tokens and its U-Net attends to all 77 positions, padding included.
+# With a causal text encoder (notebook 04) the padding positions come *after* the prompt and have
+# read all of it, so they are not empty; but they are nearly the same for every prompt. Compare two
+# captions that differ only in which colour goes with which shape:
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from course_lib.clip_training import load_shipped_clip
+
+tokenizer, clip = load_shipped_clip()
+pair = ["a red circle above a blue square", "a blue circle above a red square"]
+ids, mask = tokenizer(pair, return_attention_mask=True)                  # (2, 77) ids, 1 on real tokens
+with torch.no_grad():
+    states = clip.text_encoder(ids).last_hidden_state                    # (2, 77) -> (2, 77, 64)
+n = int(mask[0].sum())                                                     # start + 7 words + end
+for name, part in (("the words' positions", slice(1, n - 1)), ("the padding positions", slice(n, 77))):
+    cos = F.cosine_similarity(states[0, part], states[1, part], dim=-1)
+    print(f"{name:22s} ({part.stop - part.start:2d}): cosine between the two captions "
+          f"mean {cos.mean():.3f}, min {cos.min():.3f}")
+
+# %% [markdown]
+# The word positions tell the two captions apart; the 68 padding positions barely do. A small
+# U-Net trained briefly on all 77 positions can learn to lean on those many, similar vectors; the
+# course's first shipped model did (measured at the end of this section), and it often drew
+# "a red circle above a blue square" with both objects in one colour. So the course's U-Net reads
+# only each caption's own tokens: start, words and end. In a batch the captions are
+# padded to the longest one, and the tokenizer's attention mask (1 on real tokens) leaves the padding
+# out of the softmax: `CrossAttention(x, context, context_mask)`, diffusers' `encoder_attention_mask`.
+# Because the encoder is causal, cutting the padding changes none of the real tokens' vectors. The
+# pipeline of notebook 10 feeds the model the same way (`mask_padding: true` in its config), and
+# the context is 6-12 tokens instead of 77, which also makes each training step cheaper.
+
+# %%
 from course_lib.schedules import make_schedule
 from course_lib.text_to_image_training import LatentCaptionData, TextConditioner, t2i_unet_config
 from course_lib.training import TrainingConfig, train_diffusion_model
 from course_lib.unet import UNet
 from course_lib.vae_training import load_shipped_autoencoder
 
-tokenizer, clip = load_shipped_clip()
 vae = load_shipped_autoencoder()
-text = TextConditioner(tokenizer, clip.text_encoder)             # frozen; caches each caption's embedding
+text = TextConditioner(tokenizer, clip.text_encoder, mask_padding=True)   # frozen; caches each caption
 data = LatentCaptionData.from_shapeworld(vae, n=2000)            # 2,000 training images -> latents
-print("latents", tuple(data.latents.shape), "| text", tuple(text(data.captions[:2]).shape))
+context, mask = text(data.captions[:2])
+print("latents", tuple(data.latents.shape), "| text", tuple(context.shape), "and mask", mask.int().tolist())
 print("e.g.", repr(data.captions[0]))
 
 batches = data.batches(text, caption_dropout=0.1)
 x0, kwargs = batches(16, torch.Generator().manual_seed(0))
-print("a batch:", tuple(x0.shape), "latents and", tuple(kwargs["context"].shape), "text states")
+print("a batch:", tuple(x0.shape), "latents,", tuple(kwargs["context"].shape), "text states and a",
+      tuple(kwargs["context_mask"].shape), "mask")
 
 # %%
 seed_everything(0)
@@ -257,6 +290,68 @@ plt.title("training the shipped text-to-image U-Net")
 plt.show()
 
 # %% [markdown]
+# ### Reading the padding, measured
+# The course's first text-to-image U-Net (`data/shapeworld_t2i_unet_77`, kept for this comparison)
+# was trained the same way but read all 77 positions, as SD's does. How much of its cross-attention
+# went to the padding, and what did masking the padding buy? Below: the share of attention weight
+# on padding positions, over every cross-attention layer, for 64 noised training latents at
+# t = 500; then both models' adherence (notebook 00's judge) on 64 captions per split. The two
+# models also differ in training time (their metadata says how long each trained), so the
+# adherence gap is not all due to the mask; the attention share is the mask's direct effect.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from course_lib.attention import BasicTransformerBlock
+from course_lib.diffusion import q_sample
+from course_lib.pipeline import TextToImagePipeline
+from course_lib.prompt_eval import evaluate_prompts
+
+first_model = load_diffusion_checkpoint("shapeworld_t2i_unet_77")
+
+
+def attention_on_padding(model, captions, x0):
+    """Share of the cross-attention weight that lands on padding, over all layers, at t = 500."""
+    ids, mask = tokenizer(captions, return_attention_mask=True)          # (B, 77), 1 on real tokens
+    with torch.no_grad():
+        context = clip.text_encoder(ids).last_hidden_state                # (B, 77, 64)
+    shares = []
+
+    def hook(module, args, output):
+        q, k = module.to_q(args[0]), module.to_k(args[1])
+        b, n, _ = q.shape
+        q = q.view(b, n, module.heads, -1).transpose(1, 2)                # (B, heads, pixels, d)
+        k = k.view(b, 77, module.heads, -1).transpose(1, 2)               # (B, heads, 77, d)
+        weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)   # (B, heads, pixels, 77)
+        shares.append((weights * (mask == 0)[:, None, None, :]).sum(-1).mean())
+
+    handles = [block.attn2.register_forward_hook(hook) for block in model.modules()
+               if isinstance(block, BasicTransformerBlock)]                # attn2: the cross-attention
+    t = torch.full((len(x0),), 500)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(q_sample(x0, t, noise, first_model.schedule), t, context)
+    for h in handles:
+        h.remove()
+    return float(torch.stack(shares).mean()), float((mask == 0).float().mean())
+
+
+share, padding = attention_on_padding(first_model.model, data.captions[:64], data.latents[:64])
+print(f"first model: {share:.2f} of its cross-attention on the padding, which is {padding:.2f} of the positions")
+for name, ck, masked in (("first (77 positions)", first_model, False), ("shipped (masked)", shipped, True)):
+    judged = TextToImagePipeline(tokenizer, clip.text_encoder, ck.model, vae, ck.schedule, mask_padding=masked)
+    scores = [evaluate_prompts(judged, 64, split, guidance_scale=4.0).adherence["overall"]
+              for split in ("train", "heldout")]
+    print(f"{name:21s}: {ck.meta['metrics']['train_minutes']:5.1f} min of training; adherence overall, "
+          f"64 captions: seen {scores[0]:.2f}, held-out {scores[1]:.2f}")
+
+# %% [markdown]
+# About two thirds of the first model's attention went to the padding: positions whose vectors
+# barely differ between captions (the cosine 0.99 above), so that part of what it read could not
+# tell "a red circle above a blue square" from its colour-swapped twin. The shipped model reads no
+# padding at all, and it is far ahead on both splits (section 7 and notebook 10 measure it on 500
+# captions a split). Its longer training counts too: the README's Results table lists both runs.
+
+# %% [markdown]
 # ## 4. Classifier-free guidance
 #
 # At each sampling step we run the U-Net twice, with the prompt and with the empty prompt, and
@@ -276,13 +371,17 @@ unet = shipped.model
 
 
 def encode(prompts):
+    """Prompts -> (B, L, 64) states and a (B, L) mask, L the longest prompt's tokens."""
+    ids, mask = tokenizer(prompts, padding="longest", return_attention_mask=True)   # (B, L)
     with torch.no_grad():
-        return clip.text_encoder(tokenizer(prompts)).last_hidden_state       # (B, 77) -> (B, 77, 64)
+        return clip.text_encoder(ids).last_hidden_state, mask.bool()          # (B, L) -> (B, L, 64)
 
 
 def guided_by_hand(cond, uncond, scale):
+    (c, c_mask), (u, u_mask) = cond, uncond
+
     def model_fn(x, t):
-        eps = unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]))   # (2B, 4, 8, 8)
+        eps = unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([u, c]), torch.cat([u_mask, c_mask]))  # (2B, 4, 8, 8)
         eps_uncond, eps_cond = eps.chunk(2)
         return eps_uncond + scale * (eps_cond - eps_uncond)
     return model_fn
@@ -291,7 +390,9 @@ def guided_by_hand(cond, uncond, scale):
 prompts = ["a large red circle in the center", "a green cross to the left of a yellow triangle",
            "three blue squares", "a small white triangle in the top right"]
 noise = torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(1))
-cond, uncond = encode(prompts), encode([""] * len(prompts))
+both, both_mask = encode(prompts + [""] * len(prompts))          # one batch: both padded to one length
+cond = both[:4], both_mask[:4]
+uncond = both[4:], both_mask[4:]
 rows = []
 scales = (0.0, 1.0, 3.0, 7.0)
 for s in scales:
@@ -315,7 +416,7 @@ from course_lib.guidance import guided_model_fn
 x_t, t = torch.randn(4, 4, 8, 8), torch.full((4,), 500)
 with torch.no_grad():
     a = guided_by_hand(cond, uncond, 3.0)(x_t, t)
-    b = guided_model_fn(unet, cond, uncond, 3.0)(x_t, t)
+    b = guided_model_fn(unet, cond[0], uncond[0], 3.0, cond[1], uncond[1])(x_t, t)
 print("by hand == course_lib.guidance:", torch.allclose(a, b, atol=1e-6))
 
 # %% [markdown]
@@ -331,12 +432,13 @@ records = []
 
 
 def record(module, args, output):
-    x, context = args
+    x, context, mask = args
     q, k = module.to_q(x), module.to_k(context)
     b, n, _ = q.shape
     q = q.view(b, n, module.heads, -1).transpose(1, 2)
     k = k.view(b, k.shape[1], module.heads, -1).transpose(1, 2)
-    records.append((q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1).mean(1))  # (B, 64, 77)
+    logits = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~mask[:, None, None, :], -math.inf)
+    records.append(logits.softmax(-1).mean(1))                         # (B, 64 pixels, L tokens)
 
 
 attn2 = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2
@@ -344,10 +446,10 @@ assert isinstance(attn2, CrossAttention)
 prompt = "a red circle to the left of a blue square"
 handle = attn2.register_forward_hook(record)
 with torch.no_grad():
-    z = sample(lambda x, t: unet(x, t, encode([prompt])), schedule,
+    z = sample(lambda x, t: unet(x, t, *encode([prompt])), schedule,
                torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)), "dpm-solver++", 20).sample
 handle.remove()
-weights = torch.stack(records).mean(0)[0]                          # (64 pixels, 77 tokens)
+weights = torch.stack(records).mean(0)[0]                          # (64 pixels, L tokens)
 tokens = tokenizer.tokenize(prompt)                               # position j+1 in the sequence (after start)
 words = ["red", "circle", "blue", "square"]
 fig, axes = plt.subplots(1, len(words) + 1, figsize=(11, 2.4))
@@ -363,9 +465,11 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The picture varies with the seed and the level, but the idea is visible: pixels do not read the
-# whole prompt equally; the words that describe an object tend to be read where that object is
-# drawn. That is all the "understanding of the prompt" that happens during sampling.
+# Each map has its own colour scale. Pixels do not read the prompt equally: in this sample "blue"
+# and "square" are read most around the blue square on the right, while "red" and "circle" are read
+# more on the left, where the circle is, and weakly elsewhere. The picture varies with the seed and
+# the level (try another seed, or `unet.down_blocks[1]`). That is all the "understanding of the
+# prompt" that happens during sampling.
 #
 # ## 5. Negative prompts
 #
@@ -379,7 +483,7 @@ plt.show()
 from course_lib.adherence import detect_objects
 from course_lib.pipeline import TextToImagePipeline
 
-pipe = TextToImagePipeline(tokenizer, clip.text_encoder, unet, vae, schedule)
+pipe = TextToImagePipeline(tokenizer, clip.text_encoder, unet, vae, schedule, mask_padding=True)
 share = {}
 for negative in ("", "a red circle"):
     out = pipe([""] * 64, negative_prompt=negative, guidance_scale=4.0, seed=100, show_progress=False)
@@ -391,12 +495,14 @@ change = share["a red circle"][0] - share[""][0]
 print(f"the negative prompt {'lowered' if change < 0 else 'raised'} the share of red objects by {abs(change):.2f}")
 
 # %% [markdown]
-# Read the last line before believing the textbook sentence. Pushing *away* from "a red circle"
-# only removes red circles if the model's prediction for that prompt really differs from its
-# unconditional prediction in the direction of red circles. For a well-trained model it does (that
-# is why negative prompts work in SD); for a model whose colour words are still weak, the
-# difference between the two predictions is mostly noise, and extrapolating along noise can even
-# change the picture the other way. The measurement, not the formula, tells you which case you are in.
+# Read the numbers before believing the textbook sentence "a negative prompt removes what it
+# names". Here the share of circles fell, as promised, but the share of red objects *rose*, and the
+# scenes hold about three times as many objects. Guidance does not remove words; it extrapolates
+# along the difference between two predictions, and the difference between "a red circle" and the
+# empty prompt encodes everything that sets "a red circle" scenes apart (one object, one shape,
+# one colour, a size), not just "red" and "circle" separately. Which of those directions wins is a
+# property of the model, and only a measurement like this one tells. (Exercise 4 below tries the
+# negative prompts "red" and "a circle" alone.)
 #
 # ## 6. Style presets: prompt templates, nothing more
 #
@@ -482,9 +588,9 @@ for row in rows:
 # %% [markdown]
 # How to read it:
 # * Guidance 0 is the unconditional model: adherence is what chance gives.
-# * Adherence rises as guidance grows from 0; held-out pairs (colour and shape words the model never
-#   saw together) follow lower or alongside. Where the curve flattens is where more guidance stops
-#   buying adherence.
+# * Adherence rises steeply as guidance grows from 0, peaks at a moderate scale and falls beyond it
+#   (too much guidance overshoots); held-out pairs (colour and shape words the model never saw
+#   together) follow a little lower.
 # * The textbook trade-off is that recall (diversity) falls as guidance grows: the model commits to
 #   the most typical picture of each prompt (SD's default scale is 7.5). For an under-trained model
 #   the unconditional samples are themselves poor, so recall can *rise* at first, because guided
@@ -518,7 +624,8 @@ for split in ("train", "heldout"):
 # %% [markdown]
 # ## Summary
 # * The prompt enters the U-Net only through **cross-attention**: queries from pixels, keys and
-#   values from the text encoder's 77 token vectors. SD's spatial transformer block (GroupNorm,
+#   values from the text encoder's token vectors (SD: all 77 positions; the course's model: the
+#   prompt's own tokens, the padding masked, because the padding vectors barely tell prompts apart). SD's spatial transformer block (GroupNorm,
 #   projection in, self-attention, cross-attention, GEGLU feed-forward, projection out, residual)
 #   equals diffusers' `Transformer2DModel` on the same weights, by hand and in `course_lib.attention`.
 # * A text-to-image latent diffusion model is trained like the unconditional one, with two frozen
@@ -529,8 +636,10 @@ for split in ("train", "heldout"):
 #   against the prompt.
 # * **Styles** are prompt templates; they only mean something to a text encoder that has seen their
 #   words. On our model they are noise in the prompt.
-# * Guidance trades diversity for adherence. `course_lib.guidance`, `course_lib.text_to_image_training`
-#   and `course_lib.prompt_eval` carry this into notebook 10, which assembles the whole sampler.
+# * More guidance is not always better: measured on 500 captions a split, adherence peaks at a
+#   moderate scale and falls beyond it, and recall (diversity) first rises, then falls (section 7).
+#   `course_lib.guidance`, `course_lib.text_to_image_training` and `course_lib.prompt_eval` carry
+#   this into notebook 10, which assembles the whole sampler.
 #
 # ## Exercises
 # Each exercise ends in a cell that checks your answer. Replace the `None` and run the cell.
@@ -562,3 +671,21 @@ check(answer_2, lambda a: abs(a[0] - 7.5) < 1e-9 and abs(a[1] + 6.5) < 1e-9,
 answer_3 = None  # an int
 check(answer_3, lambda a: a == len(tokenizer.tokenize(apply_style("a red circle", "", "sai-fantasy art")[0]))
       - len(tokenizer.tokenize("a red circle")), hint="Tokenize both and subtract.")
+
+# %% [markdown]
+# **4.** Section 5's negative prompt "a red circle" *raised* the share of red objects. Repeat its
+# measurement with the negative prompts "red" and "a circle" (same 64 empty prompts, guidance 4,
+# seed 100). Which of them lowers the share of red objects below the share with no negative prompt?
+# Answer "red", "a circle", "both" or "neither".
+
+# %%
+def red_share(negative):
+    out = pipe([""] * 64, negative_prompt=negative, guidance_scale=4.0, seed=100, show_progress=False)
+    return np.mean([o.color == "red" for img in detect_objects(out.images * 2 - 1) for o in img])
+
+
+answer_4 = None  # "red", "a circle", "both" or "neither"
+check(answer_4, lambda a: a == {(True, True): "both", (True, False): "red", (False, True): "a circle",
+                                (False, False): "neither"}[(red_share("red") < share[""][0],
+                                                            red_share("a circle") < share[""][0])],
+      hint="Use red_share(negative) for each, and compare with share[''][0] from section 5.")
