@@ -2,6 +2,8 @@
 
     python benchmarks/sampler_quality.py --workers 2 --threads 1   # writes benchmarks/results/sampler_quality.json
     python benchmarks/sampler_quality.py --n 200 --calls 5 10 --no-ddpm-1000 --out /tmp/q.json   # a quick look
+    python benchmarks/sampler_quality.py --checkpoint try1 --folder /tmp/ckpt --calls 20 \
+        --samplers "DPM-Solver++(2M)" --no-ddpm-1000 --out /tmp/try1.json        # a model trained elsewhere
 
 For each sampler and each budget of model calls (5, 10, 20, 50, 100), and for 1000-step DDPM, it
 draws ``--n`` digits from the shipped checkpoint ``data/mnist_unet`` (the same starting noise for
@@ -53,9 +55,9 @@ SAMPLERS = {
 _WORKER: dict = {}
 
 
-def _init_worker(checkpoint: str, threads: int) -> None:
+def _init_worker(checkpoint: str, threads: int, folder: str | None = None) -> None:
     torch.set_num_threads(threads)
-    _WORKER["ckpt"] = load_diffusion_checkpoint(checkpoint)
+    _WORKER["ckpt"] = load_diffusion_checkpoint(checkpoint, folder)
 
 
 def run_job(label: str, budget: int, n: int, seed: int, batch_size: int) -> tuple[str, int, torch.Tensor, int, float]:
@@ -93,6 +95,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads (per worker)")
     p.add_argument("--workers", type=int, default=1, help="processes drawing samples in parallel")
     p.add_argument("--checkpoint", default="mnist_unet")
+    p.add_argument("--folder", default=None,
+                   help="where --checkpoint is stored (default: the course's data/), e.g. a training run's --folder")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler_quality.json"))
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and skip them")
     args = p.parse_args()
@@ -100,13 +104,13 @@ def main() -> None:
         p.error(f"--n must be between 2 and 500 (the floor set has 500 real test digits), got {args.n}")
 
     torch.set_num_threads(args.threads)
-    ckpt = load_diffusion_checkpoint(args.checkpoint)
+    ckpt = load_diffusion_checkpoint(args.checkpoint, args.folder)
     real_a = digit_features(MNIST5k("train").images)          # the reference: 4500 training digits
     real_b = digit_features(MNIST5k("test").images[:args.n])  # the floor: held-back real digits
 
     command = "python benchmarks/sampler_quality.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
-    result = {"command": command.strip(), "checkpoint": args.checkpoint,
+    result = {"command": command.strip(), "checkpoint": args.checkpoint, "folder": args.folder,
               "checkpoint_command": ckpt.meta["command"], "n": args.n, "seed": args.seed,
               "judge": "digit classifier features (notebook 00); reference: MNIST5k('train'), 4500 digits",
               "machine": f"{platform.machine()}, {args.workers} worker(s) x {args.threads} torch thread(s), "
@@ -145,12 +149,12 @@ def main() -> None:
               f"{r.precision:5.2f} {r.recall:6.2f} {seconds:7.0f}", flush=True)
 
     if args.workers <= 1:
-        _init_worker(args.checkpoint, args.threads)
+        _init_worker(args.checkpoint, args.threads, args.folder)
         for label, budget in todo:
             record(*run_job(label, budget, args.n, args.seed, args.batch_size))
     else:
         with ProcessPoolExecutor(args.workers, initializer=_init_worker,
-                                 initargs=(args.checkpoint, args.threads)) as pool:
+                                 initargs=(args.checkpoint, args.threads, args.folder)) as pool:
             futures = [pool.submit(run_job, label, budget, args.n, args.seed, args.batch_size)
                        for label, budget in todo]
             for f in as_completed(futures):

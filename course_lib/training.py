@@ -28,6 +28,7 @@ Defined in notebook 06_reverse_diffusion.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,7 @@ __all__ = [
     "TrainingResult",
     "ema_update",
     "ema_decay_at",
+    "lr_factor_at",
     "train_diffusion_model",
     "training_run_config",
     "schedule_config",
@@ -85,7 +87,9 @@ class TrainingConfig:
     of ``warmup_steps``; gradients clipped to norm ``grad_clip`` (None: no clipping);
     ``ema_decay`` (None: no EMA) for the moving average of the weights; ``prediction_type``:
     what the network learns to output, ``"epsilon"`` (SD 1.x) or ``"v_prediction"`` (SD 2.x "-v"
-    models); ``seed`` fixes the batches, timesteps and noise.
+    models); ``seed`` fixes the batches, timesteps and noise. ``lr_schedule``: after the warm-up,
+    ``"constant"`` keeps ``lr`` (the default), ``"cosine"`` lowers it along a half cosine to 0 at the last
+    step (``lr_factor_at``), so the final weights settle instead of hovering at the noise level of ``lr``.
     """
 
     steps: int = 1000
@@ -97,6 +101,7 @@ class TrainingConfig:
     ema_decay: float | None = 0.999
     prediction_type: str = "epsilon"
     seed: int = 0
+    lr_schedule: str = "constant"
 
     def validate(self) -> None:
         """Raise a ``ValueError`` that says which setting is wrong and what it should be."""
@@ -113,6 +118,8 @@ class TrainingConfig:
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"TrainingConfig.ema_decay must lie in (0, 1) (e.g. 0.999) or be None, "
                              f"got {self.ema_decay!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"TrainingConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         check_prediction_type(self.prediction_type)
         if self.prediction_type == "sample":
             raise ValueError("train_diffusion_model trains 'epsilon' or 'v_prediction' models; "
@@ -152,6 +159,19 @@ def ema_decay_at(step: int, decay: float) -> float:
     (diffusers' ``EMAModel`` does the same). Defined in notebook 06_reverse_diffusion.
     """
     return min(decay, (1 + step) / (10 + step))
+
+
+def lr_factor_at(step: int, config: TrainingConfig) -> float:
+    """The multiple of ``config.lr`` used by optimiser step ``step`` (0-based).
+
+    A linear warm-up ``(step + 1) / warmup_steps`` to 1, then 1 (``"constant"``) or, for ``"cosine"``,
+    ``(1 + cos(pi p)) / 2`` with ``p`` going from 0 after the warm-up to 1 at the last step (factor 0).
+    """
+    warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    if config.lr_schedule == "constant" or step < config.warmup_steps:
+        return warm
+    p = min(1.0, (step + 1 - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * p))
 
 
 @torch.no_grad()
@@ -237,11 +257,16 @@ def _sliced_diffusion_loss(net: nn.Module, x0: torch.Tensor, schedule: NoiseSche
 def training_run_config(model: nn.Module, schedule: NoiseSchedule, config: TrainingConfig,
                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What must be equal for a run to resume another: the training settings (all but ``steps``, which may
-    grow), the model's configuration, the noise schedule and ``extra`` (e.g. the data).
+    grow, except under a ``"cosine"`` ``lr_schedule``), the model's configuration, the noise schedule
+    and ``extra`` (e.g. the data).
 
     Not built in a notebook: see the README's "Training bigger".
     """
     training = {k: v for k, v in asdict(config).items() if k != "steps"}
+    if config.lr_schedule == "constant":   # absent from states saved before the option existed
+        del training["lr_schedule"]
+    else:                                  # a decaying schedule is tied to the run's length
+        training["steps"] = config.steps
     sched = {"name": schedule.name, "T": schedule.num_train_timesteps,
              "betas_sum": round(float(schedule.betas.double().sum()), 12)}
     return {"training": training, "model": describe_model(model), "schedule": sched, "extra": extra or {}}
@@ -332,8 +357,7 @@ def train_diffusion_model(model: nn.Module, data: torch.Tensor | BatchFn, schedu
     net = ctx.wrap(model) if world > 1 else model   # DDP: weights broadcast from rank 0 here
 
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: min(1.0, (step + 1) / max(1, config.warmup_steps)))
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor_at(step, config))
     ema = copy.deepcopy(model).eval().requires_grad_(False) if config.ema_decay is not None else None
     scaler = make_grad_scaler(device, precision)
     result = TrainingResult(ema=ema, world_size=world)

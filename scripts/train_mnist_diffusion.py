@@ -7,7 +7,8 @@ The same code as notebook 06_reverse_diffusion: ``course_lib.training.train_diff
 4,500 training digits of MNIST-5k, DDPM's linear noise schedule (1000 steps, betas 1e-4..0.02),
 epsilon prediction, AdamW with warm-up, gradient clipping, and an EMA of the weights, which is what
 gets saved. ``--max-minutes`` stops early on a slow machine; the saved command then names the steps
-actually taken, so running it reproduces the checkpoint.
+actually taken, so running it reproduces the checkpoint (not under ``--lr-schedule cosine``, whose
+decay is planned for ``--steps``: give such a run the time it needs).
 
 Beyond one CPU (README, "Training bigger"): ``--config configs/train/mnist_unet.yaml`` (flags override
 it), ``--device cuda --precision bf16`` on a GPU, ``torchrun --nproc_per_node=N`` for N processes
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="the global batch (split between torchrun processes)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="after the 200 warm-up steps: keep --lr, or a half cosine down to 0 at the last step")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"])
     p.add_argument("--schedule", default="linear", choices=["linear", "scaled_linear", "cosine"])
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         ctx.print(f"U-Net: {count_parameters(unet):,} parameters; {len(images)} training digits; {schedule}; "
                   f"{ctx.world_size} process(es) on {ctx.device}", flush=True)
         config = TrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=200,
-                                ema_decay=args.ema_decay, prediction_type=args.prediction_type, seed=args.seed)
+                                ema_decay=args.ema_decay, prediction_type=args.prediction_type, seed=args.seed,
+                                lr_schedule=args.lr_schedule)
         start = time.time()
         result = train_diffusion_model(unet, images, schedule, config,
                                        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
@@ -88,12 +92,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{result.steps} steps ({result.images / len(images):.1f} epochs) in {minutes:.1f} min, "
               f"{result.images_per_second:.0f} img/s; mean loss of the last {len(tail)} steps {final_loss:.4f}",
               flush=True)
+        if args.lr_schedule != "constant" and result.steps < args.steps:
+            print(f"warning: stopped at {result.steps} of {args.steps} steps, before the {args.lr_schedule} "
+                  "learning rate reached 0; the saved command (which names the steps taken) will not reproduce "
+                  "these weights exactly", flush=True)
 
         launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
         command = (f"{launcher} scripts/train_mnist_diffusion.py --steps {result.steps} "
                    f"--batch-size {args.batch_size} "
                    f"--lr {args.lr} --ema-decay {args.ema_decay} --base-channels {args.base_channels} "
                    f"--prediction-type {args.prediction_type} --schedule {args.schedule} --seed {args.seed}"
+                   + ("" if args.lr_schedule == "constant" else f" --lr-schedule {args.lr_schedule}")
                    + ("" if precision == "fp32" else f" --precision {precision}")
                    + ("" if args.name == "mnist_unet" else f" --name {args.name}"))
         first = result.losses[:100]
@@ -111,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                                       // ctx.world_size, "replica_difference": result.replica_difference,
                                       "resumed_from_step": result.start_step}
         training = {"steps": result.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 200,
+                    **({} if args.lr_schedule == "constant" else {"lr_schedule": args.lr_schedule}),
                     "ema_decay": args.ema_decay, "grad_clip": config.grad_clip, "seed": args.seed,
                     "data": "MNIST5k('train'), 4500 digits in [-1, 1]", "weights": "EMA"}
         save_diffusion_checkpoint(result.ema, args.name, schedule, args.prediction_type, command=command,

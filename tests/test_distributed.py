@@ -138,7 +138,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(two_processe
     _, ranks, weights, _ = two_processes
     _, result, state = single_process_run()
     assert ranks[0]["losses"] == pytest.approx(result.losses, rel=1e-5)
-    assert max_difference(weights[0], state) < 1e-5  # float reduction order only (lr 1e-3, 4 AdamW steps)
+    # float reduction order only (lr 1e-3, 4 AdamW steps): up to 1.1e-5 seen on a CPU with AVX-512 kernels
+    assert max_difference(weights[0], state) < 5e-5
 
 
 def test_state_saved_by_two_processes_resumes_in_one(two_processes):

@@ -15,8 +15,10 @@ from course_lib.training import (
     ema_decay_at,
     ema_update,
     load_diffusion_checkpoint,
+    lr_factor_at,
     save_diffusion_checkpoint,
     train_diffusion_model,
+    training_run_config,
 )
 from course_lib.unet import UNet, UNetConfig
 
@@ -93,6 +95,39 @@ def test_ema_update_and_warmup():
     assert ema_decay_at(0, 0.999) == pytest.approx(0.1)          # (1 + 0) / (10 + 0)
     assert ema_decay_at(90, 0.999) == pytest.approx(91 / 100)
     assert ema_decay_at(10**6, 0.999) == 0.999
+
+
+def _lrs_used(monkeypatch, schedule, config):
+    """The learning rate of every optimiser step of a short run (read as AdamW.step is called)."""
+    used, step = [], torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    train_diffusion_model(tiny_unet(), toy_images(), schedule, config, show_progress=False)
+    return used
+
+
+def test_lr_schedule_default_is_the_old_warmup_then_constant(monkeypatch, schedule):
+    config = TrainingConfig(steps=12, batch_size=8, lr=1e-2, warmup_steps=4)
+    assert config.lr_schedule == "constant"
+    old = [1e-2 * min(1.0, (k + 1) / 4) for k in range(12)]     # the formula before lr_schedule existed
+    assert _lrs_used(monkeypatch, schedule, config) == old       # exactly: default runs stay bit-identical
+    assert "lr_schedule" not in training_run_config(tiny_unet(), schedule, config)["training"]  # old states resume
+
+
+def test_cosine_lr_decays_to_zero_at_the_last_step(monkeypatch, schedule):
+    config = TrainingConfig(steps=12, batch_size=8, lr=1e-2, warmup_steps=4, lr_schedule="cosine")
+    used = _lrs_used(monkeypatch, schedule, config)
+    assert used[:4] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2])                 # the same warm-up
+    assert all(a > b for a, b in zip(used[3:], used[4:], strict=False))        # then strictly decreasing
+    assert used[-1] == 0.0 and lr_factor_at(11, config) == 0.0
+    assert lr_factor_at(7, config) == pytest.approx(0.5)                         # halfway through the decay
+    assert training_run_config(tiny_unet(), schedule, config)["training"]["steps"] == 12
+    with pytest.raises(ValueError, match="lr_schedule must be"):
+        TrainingConfig(lr_schedule="linear").validate()
 
 
 def test_training_keeps_an_ema_copy(schedule):
