@@ -234,7 +234,8 @@ for name, part in (("the words' positions", slice(1, n - 1)), ("the padding posi
 # out of the softmax: `CrossAttention(x, context, context_mask)`, diffusers' `encoder_attention_mask`.
 # Because the encoder is causal, cutting the padding changes none of the real tokens' vectors. The
 # pipeline of notebook 10 feeds the model the same way (`mask_padding: true` in its config), and
-# the context is 6-12 tokens instead of 77, which also makes each training step cheaper.
+# a batch's context is as long as its longest caption (12 tokens in the batch below) instead of 77,
+# which also makes each training step cheaper.
 
 # %%
 from course_lib.schedules import make_schedule
