@@ -9,14 +9,22 @@
 
 The environment is the pinned requirements.txt plus the course itself (editable), in .venv/ next
 to this file. It is reinstalled only when requirements.txt or pyproject.toml change.
+
+`test` checks the notebooks as committed: in a git checkout, a notebook that differs from the last
+commit (JupyterLab autosaves a notebook you ran, half-executed) is tested in its committed version,
+and the command says so; notebooks that were never committed are not tested. Outside git (a zip
+download) the files are tested as they are, and so they are with COURSE_TEST_WORKING_COPY=1 (authors).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -68,16 +76,96 @@ def lab(args: list[str]) -> int:
     return subprocess.call([*cmd, *args], cwd=ROOT, env=env)
 
 
+NOTEBOOK_PATH = re.compile(r"notebooks/[^/]+\.ipynb")  # the course's notebooks (not checkpoints, not src/)
+TESTED_NOTEBOOKS_VAR = "COURSE_TEST_NOTEBOOKS"  # tells tests/ which notebook files to read (os.pathsep-separated)
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes] | None:
+    """``git -C root ARGS``, or None where git is missing or does not answer."""
+    try:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=False, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _git_paths(root: Path, *args: str) -> list[str] | None:
+    """The course notebooks among the NUL-separated paths a git command prints; None if it failed."""
+    done = _git(root, *args)
+    if done is None or done.returncode != 0:
+        return None
+    return sorted(p for p in done.stdout.decode("utf-8", "replace").split("\0") if NOTEBOOK_PATH.fullmatch(p))
+
+
+def notebook_status(root: Path = ROOT) -> dict[str, list[str]] | None:
+    """How ``root``'s notebooks/*.ipynb stand against the last commit, as paths relative to ``root``:
+    ``committed`` (in HEAD), ``changed`` (committed, but the working copy differs or is deleted) and
+    ``untracked`` (never committed, not ignored). None outside a git checkout with a commit that holds
+    the notebooks (a zip download, no git): then the files are tested as they are."""
+    committed = _git_paths(root, "ls-tree", "-r", "--name-only", "-z", "HEAD", "--", "notebooks")
+    if not committed:
+        return None
+    changed = _git_paths(root, "diff", "--name-only", "--relative", "-z", "HEAD", "--", "notebooks")
+    untracked = _git_paths(root, "ls-files", "-z", "--others", "--exclude-standard", "--", "notebooks")
+    if changed is None or untracked is None:
+        return None
+    return {"committed": committed, "changed": [p for p in changed if p in committed], "untracked": untracked}
+
+
+def committed_notebooks(root: Path, status: dict[str, list[str]],
+                        folder: Path | None) -> tuple[list[Path], list[str]]:
+    """The notebook files to test, each as committed: the working copy where it is unchanged, else
+    the committed version written into ``folder`` (a sibling of notebooks/, so that the notebooks'
+    relative paths such as ``../benchmarks`` still resolve). Also the lines that tell the learner."""
+    paths: list[Path] = []
+    notes: list[str] = []
+    for rel in status["committed"]:
+        if rel not in status["changed"]:
+            paths.append(root / rel)
+            continue
+        if folder is None:
+            raise ValueError(f"{rel} differs from the last commit: pass a folder for its committed version")
+        blob = _git(root, "cat-file", "--filters", f"HEAD:./{rel}")
+        if blob is None or blob.returncode != 0:
+            raise RuntimeError(f"git cannot read the committed {rel}: {blob.stderr.decode() if blob else 'no git'}")
+        folder.mkdir(parents=True, exist_ok=True)
+        copy = folder / Path(rel).name
+        copy.write_bytes(blob.stdout)
+        paths.append(copy)
+        state = "differs from the last commit" if (root / rel).exists() else "is deleted in the working copy"
+        notes.append(f"{rel} {state}: testing the committed version; run `git diff notebooks/` to see your changes")
+    notes += [f"{rel} is not committed: not tested (the tests check the committed notebooks)"
+              for rel in status["untracked"]]
+    if status["changed"]:
+        notes.append("(authors: COURSE_TEST_WORKING_COPY=1 python3 course.py test tests the working copies)")
+    return paths, notes
+
+
 def test(args: list[str]) -> int:
-    """Unit tests and every notebook under nbval, two workers, one notebook per worker at a time."""
+    """Unit tests and every notebook under nbval, two workers, one notebook per worker at a time.
+    The notebooks are checked as committed (see the module's docstring)."""
     setup()
     env = _env()
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COURSE_NO_PROGRESS": "1"})
     workers = os.environ.get("COURSE_TEST_WORKERS", "2")
-    cmd = [str(PY), "-m", "pytest", "tests", "notebooks", "--nbval-lax", "--nbval-current-env",
-           "--nbval-cell-timeout", "900", "-n", workers, "--dist", "loadfile", "-q", "-rfEs",
-           "--durations", "15"]
-    return subprocess.call([*cmd, *args], cwd=ROOT, env=env)
+    status = None if os.environ.get("COURSE_TEST_WORKING_COPY") == "1" else notebook_status(ROOT)
+    folder = None
+    if status is not None and status["changed"]:  # a sibling of notebooks/, removed afterwards
+        folder = Path(tempfile.mkdtemp(prefix=".notebooks-committed-", dir=ROOT))
+    try:
+        notebooks: list[str] = ["notebooks"]
+        if status is not None:
+            paths, notes = committed_notebooks(ROOT, status, folder)
+            for note in notes:
+                print(note, flush=True)
+            notebooks = [str(p) for p in paths]
+            env[TESTED_NOTEBOOKS_VAR] = os.pathsep.join(notebooks)
+        cmd = [str(PY), "-m", "pytest", "tests", *notebooks, "--nbval-lax", "--nbval-current-env",
+               "--nbval-cell-timeout", "900", "-n", workers, "--dist", "loadfile", "-q", "-rfEs",
+               "--durations", "15"]
+        return subprocess.call([*cmd, *args], cwd=ROOT, env=env)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def build(args: list[str]) -> int:

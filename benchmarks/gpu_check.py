@@ -732,7 +732,9 @@ def torchrun_worker(out: Path, device: str, script_and_args: list[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the flags and run the chosen parts; returns the exit status (1 when a check failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from course_lib.cli import HelpFormatter  # --help shows each option's default
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda, cuda:1, cpu (default: cuda)")
     p.add_argument("--dry-run", action="store_true", help="every part at a tiny size (about a minute on 2 CPU cores)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)} (default: all)")

@@ -40,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from course_lib.cli import HelpFormatter  # noqa: E402
 from course_lib.convert import load_diffusers_pipeline  # noqa: E402
 from course_lib.guidance import apply_style  # noqa: E402
 from course_lib.tokenizer import CLIPStyleTokenizer, train_bpe  # noqa: E402
@@ -125,7 +126,7 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--folder", help="a diffusers Stable Diffusion folder (default: build a random mid-size one)")
     p.add_argument("--latent-size", type=int, default=32, help="latent side of the built model (images are 8x)")
     p.add_argument("--steps", type=int, default=20)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from course_lib.cli import HelpFormatter
 from course_lib.clip_training import load_shipped_clip
 from course_lib.schedules import make_schedule
 from course_lib.shapeworld import ShapeWorld
@@ -70,7 +71,7 @@ def images_per_second(data: LatentCaptionData, text: TextConditioner, steps: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--steps", type=int, default=40, help="timed training steps per setting")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--images", type=int, default=5000, help="training images to encode for the timing")

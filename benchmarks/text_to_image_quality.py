@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from course_lib.cli import HelpFormatter  # noqa: E402
 from course_lib.pipeline import GenerationSettings, TextToImagePipeline, load_shipped_pipeline  # noqa: E402
 from course_lib.prompt_eval import EVAL_SEED, evaluate_prompts  # noqa: E402
 from course_lib.training import load_diffusion_checkpoint  # noqa: E402
@@ -37,14 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--n", type=int, default=200, help="captions per split")
     p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0, 8.0])
     p.add_argument("--sampler", default="dpm-solver++")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--splits", nargs="+", default=["train", "heldout"])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--unet", default=None, help="another U-Net checkpoint of data/ to measure (default: the shipped one)")
+    p.add_argument("--unet", default=None,
+                   help="another U-Net checkpoint of data/ to measure (default: the shipped one)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text_to_image_quality.json"))
     args = p.parse_args()
 

@@ -19,6 +19,7 @@ import warnings
 import torch
 
 from .checkpoints import CheckpointError
+from .cli import HelpFormatter
 from .config import SHIPPED_CONFIG, ConfigMismatchWarning, build_from_config, load_config
 from .guidance import available_styles
 from .pipeline import GenerationSettings
@@ -29,7 +30,7 @@ from .tokenizer import PromptTruncatedWarning, UnknownWordsWarning, warn_unknown
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m course_lib.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     d = GenerationSettings()
     p.add_argument("prompt", help='the prompt ("" for an unconditional sample)')
     p.add_argument("--negative", default=d.negative_prompt, help="negative prompt")

@@ -44,6 +44,8 @@ except ImportError:  # pragma: no cover - only where `regex` is missing
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 END_OF_WORD = "</w>"
+TRUNCATION_WORDS_SHOWN = 5   # a truncation warning names this many dropped words at most
+TRUNCATION_CHARS_SHOWN = 60  # ... and at most this many characters of them
 MERGES_HEADER = "#version: 0.2"
 
 # CLIP's pre-tokenization pattern (OpenAI simple_tokenizer.py, transformers CLIPTokenizer).
@@ -98,7 +100,10 @@ def warn_unknown_words(text: str, known_words: Iterable[str], model: str = "the 
     if unknown:
         more = f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""
         shown = ", ".join(repr(w) for w in unknown[:12]) + more
-        warnings.warn(f"the prompt {text!r} has words {model} never saw in training: {shown}; it will still "
+        quoted = repr(text)  # a long prompt is named by its start
+        if len(text) > TRUNCATION_CHARS_SHOWN:
+            quoted = f"{text[:TRUNCATION_CHARS_SHOWN].rstrip()!r} ..."
+        warnings.warn(f"the prompt {quoted} has words {model} never saw in training: {shown}; it will still "
                       "draw something, but not what these words say", UnknownWordsWarning, stacklevel=2)
     return unknown
 
@@ -358,8 +363,8 @@ class CLIPStyleTokenizer:
         ``padding``: ``"max_length"`` pads to ``context_length`` (as SD does), ``"longest"`` to the
         longest prompt of the batch, ``False`` requires equal lengths. ``truncation=True`` keeps
         the first ``context_length - 2`` tokens plus the end token and warns a
-        ``PromptTruncatedWarning`` naming the dropped words. The mask is 1 on real tokens (start
-        and end included) and 0 on padding.
+        ``PromptTruncatedWarning``, one short line per distinct prompt cut, with the counts and the
+        first dropped words. The mask is 1 on real tokens (start and end included) and 0 on padding.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -373,6 +378,7 @@ class CLIPStyleTokenizer:
             raise ValueError(f"padding must be 'max_length', 'longest' or False, got {padding!r}")
         n = self.context_length
         rows: list[list[int]] = []
+        too_long: dict[str, tuple[int, list[str], list[int]]] = {}  # each text once, at its first index
         for i, text in enumerate(texts):
             tokens = self.tokenize(text)
             ids = [self.encoder[t] for t in tokens]
@@ -380,9 +386,12 @@ class CLIPStyleTokenizer:
                 if not truncation:
                     raise ValueError(f"prompt {i} has {len(ids) + 2} tokens with start and end, more than "
                                      f"the context of {n}; shorten it or pass truncation=True")
-                warnings.warn(self._truncation_message(i, tokens, ids), PromptTruncatedWarning, stacklevel=2)
+                too_long.setdefault(text, (i, tokens, ids))
                 ids = ids[:n - 2]
             rows.append([self.bos_token_id, *ids, self.eos_token_id])
+        for i, tokens, ids in too_long.values():  # one line each; the index only where several are cut
+            warnings.warn(self._truncation_message(i if len(too_long) > 1 else None, tokens, ids),
+                          PromptTruncatedWarning, stacklevel=2)
         length = n if padding == "max_length" else max(len(r) for r in rows)
         if padding in (False, "do_not_pad") and len({len(r) for r in rows}) > 1:
             raise ValueError("prompts have different lengths and padding=False; use padding='max_length' "
@@ -394,18 +403,25 @@ class CLIPStyleTokenizer:
             mask[b, :len(row)] = 1
         return (ids, mask) if return_attention_mask else ids
 
-    def _truncation_message(self, index: int, tokens: list[str], ids: list[int]) -> str:
-        """Say which words a truncation drops (whole words: a word cut in the middle is named)."""
+    def _truncation_message(self, index: int | None, tokens: list[str], ids: list[int]) -> str:
+        """One short line: the counts, and the first few dropped words (whole words: a word cut in the
+        middle is named from its start). ``index``: the prompt's place in a batch, None for one prompt."""
         cut = self.context_length - 2
         start = cut  # back up to the start of the word that the cut falls in
         while start > 0 and not tokens[start - 1].endswith(END_OF_WORD) and tokens[start - 1] not in (
                 BOS_TOKEN, EOS_TOKEN):
             start -= 1
-        message = (f"prompt {index} is {len(ids) + 2} tokens long but the context holds "
-                   f"{self.context_length} ({cut} plus start and end tokens); "
-                   f"dropped: {self.decode(ids[start:])!r}")
-        if start < cut:
-            message += f" (the first of these words is cut: its first {cut - start} token(s) are kept)"
+        words = self.decode(ids[start:]).split()
+        shown = " ".join(words[:TRUNCATION_WORDS_SHOWN])
+        if len(shown) > TRUNCATION_CHARS_SHOWN:
+            shown = shown[:TRUNCATION_CHARS_SHOWN].rstrip()
+        if shown != " ".join(words):
+            shown += " ..."
+        which = "prompt" if index is None else f"prompt {index}"
+        message = (f"{which} has {len(ids) + 2} tokens; the text encoder reads {self.context_length}: "
+                   f"dropped {len(ids) - cut} tokens starting {shown!r}")
+        if start < cut and words:
+            message += f" ({words[0]!r} is cut after its first {cut - start} token(s))"
         return message
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:

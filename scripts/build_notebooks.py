@@ -23,6 +23,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from course_lib.cli import HelpFormatter
 from course_lib.links import REPO_URL, colab_badge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,11 +101,11 @@ def refresh_badges() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("numbers", nargs="*", help="two-digit notebook numbers, e.g. 00 03")
-    parser.add_argument("--all", action="store_true")
-    parser.add_argument("--no-execute", action="store_true")
-    parser.add_argument("--badges-only", action="store_true")
+    parser.add_argument("--all", action="store_true", help="rebuild every notebook")
+    parser.add_argument("--no-execute", action="store_true", help="write the cells without running them (no outputs)")
+    parser.add_argument("--badges-only", action="store_true", help="only refresh the Colab badges and setup cells")
     args = parser.parse_args()
     if args.badges_only:
         refresh_badges()

@@ -23,6 +23,7 @@ import torch
 
 from course_lib.checkpoints import save_checkpoint
 from course_lib.classifiers import ATTRIBUTE_NET, train_attribute_net
+from course_lib.cli import HelpFormatter
 from course_lib.distributed import distributed_run, resolve_precision
 from course_lib.run_config import add_runtime_arguments, parse_args
 from course_lib.shapeworld import ShapeWorld
@@ -31,7 +32,7 @@ from course_lib.utils import seed_everything
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64, help="the global batch")

@@ -33,6 +33,7 @@ import torch
 
 from course_lib.checkpoints import save_checkpoint
 from course_lib.classifiers import shapeworld_features
+from course_lib.cli import HelpFormatter
 from course_lib.distributed import DistributedContext, distributed_run, refuse_torchrun, resolve_precision
 from course_lib.metrics import frechet_distance
 from course_lib.paths import REPO_ROOT
@@ -164,11 +165,11 @@ def _mean_posterior_std(vae: AutoencoderKL, images: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32, help="the global batch (split between processes)")
     parser.add_argument("--lr", type=float, default=AutoencoderTrainingConfig.lr)
-    parser.add_argument("--kl-weight", type=float, default=1e-6, help="SD's value (default)")
+    parser.add_argument("--kl-weight", type=float, default=1e-6, help="SD's value")
     parser.add_argument("--loss", choices=("l1", "mse"), default="mse",
                         help="reconstruction loss (SD: l1 + LPIPS + GAN; here mse learns colour ~3x sooner)")
     parser.add_argument("--channels", type=int, nargs="+", default=list(SHIPPED_VAE_CONFIG.block_out_channels),

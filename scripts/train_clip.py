@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from course_lib.checkpoints import save_checkpoint
+from course_lib.cli import HelpFormatter
 from course_lib.clip_training import (
     SHIPPED_CLIP,
     TOKENIZER_FOLDER,
@@ -44,7 +45,7 @@ from course_lib.utils import count_parameters, seed_everything
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--steps", type=int, default=ClipTrainingConfig.steps)
     parser.add_argument("--batch-size", type=int, default=ClipTrainingConfig.batch_size, help="the global batch")
     parser.add_argument("--lr", type=float, default=ClipTrainingConfig.lr)

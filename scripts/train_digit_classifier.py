@@ -20,6 +20,7 @@ import torch
 
 from course_lib.checkpoints import save_checkpoint
 from course_lib.classifiers import DIGIT_CLASSIFIER, train_digit_classifier
+from course_lib.cli import HelpFormatter
 from course_lib.distributed import distributed_run, resolve_precision
 from course_lib.mnist import MNIST5k
 from course_lib.run_config import add_runtime_arguments, parse_args
@@ -28,7 +29,7 @@ from course_lib.utils import seed_everything
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64, help="the global batch")
     parser.add_argument("--lr", type=float, default=2e-3)

@@ -55,6 +55,7 @@ import torch
 from course_lib import gan, toy_diffusion
 from course_lib.checkpoints import save_checkpoint
 from course_lib.classifiers import digit_features
+from course_lib.cli import HelpFormatter
 from course_lib.distributed import DistributedContext, distributed_run
 from course_lib.metrics import frechet_distance
 from course_lib.mnist import MNIST5k
@@ -195,7 +196,7 @@ def train_dcgan(threads: int, device: str | None = None, ctx: DistributedContext
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--part", choices=("toy", "dcgan"), required=True)
     parser.add_argument("--seeds", type=int, default=5, help="2-D runs per mixture and model")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the digit models")

@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from course_lib.cli import HelpFormatter  # noqa: E402
 from course_lib.distributed import distributed_run, resolve_precision  # noqa: E402
 from course_lib.mnist import MNIST5k  # noqa: E402
 from course_lib.run_config import add_runtime_arguments, parse_args  # noqa: E402
@@ -44,7 +45,7 @@ def mnist_unet_config(base_channels: int = 16) -> UNetConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=64, help="the global batch (split between torchrun processes)")
     p.add_argument("--lr", type=float, default=2e-3)

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from course_lib.checkpoints import save_checkpoint
+from course_lib.cli import HelpFormatter
 from course_lib.distributed import distributed_run, resolve_precision
 from course_lib.run_config import add_runtime_arguments, parse_args
 from course_lib.segmentation import (
@@ -42,7 +43,7 @@ TRAIN_SEED, EVAL_SEED = 0, 1  # notebook 03 tests on fresh images from yet anoth
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=32, help="the global batch")

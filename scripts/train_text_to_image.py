@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from course_lib.cli import HelpFormatter  # noqa: E402
 from course_lib.clip_training import load_shipped_clip  # noqa: E402
 from course_lib.distributed import distributed_run, resolve_precision  # noqa: E402
 from course_lib.run_config import add_runtime_arguments, parse_args  # noqa: E402
@@ -46,7 +47,7 @@ from course_lib.vae_training import load_shipped_autoencoder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=128, help="the global batch (split between torchrun processes)")
     p.add_argument("--lr", type=float, default=1e-3)

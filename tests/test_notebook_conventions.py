@@ -7,11 +7,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_files import notebooks_under_test
 
 from course_lib.links import colab_url
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = notebooks_under_test()  # as committed under `python3 course.py test` (tests/notebook_files.py)
 
 
 def test_there_are_notebooks():
