@@ -11,8 +11,13 @@ every sampler, from a fixed seed) and measures them against real digits with the
 (notebook 00): the Frechet distance and KID on the digit classifier's features, plus precision and
 recall. The reference is the 4,500 training digits; the *floor* is as many held-back test digits
 (up to 500) measured the same way (the best a generator can score at this sample size). The
-committed results use the default, 250 digits per point: 40 minutes of two CPU cores with
-``--workers 2 --threads 1`` (1000-step DDPM alone is 1000 U-Net calls of about 2 s each).
+committed results use the default, 250 digits per point: 21 minutes of two CPU cores with
+``--workers 2 --threads 1`` (1000-step DDPM alone is 1000 U-Net calls of about 1 s each).
+Besides the samplers of notebook 07, two DDIM variants locate the deterministic samplers' gap
+(notebook 07, section 7): ``DDIM (eta=1)`` (the same steps with fresh noise at each) and
+``DDIM (clip x0)`` (the x0 prediction clamped to [-1, 1]).
+The earlier digit models' rows are in ``results/sampler_quality_mnist_unet_short.json`` and
+``results/sampler_quality_mnist_unet_2311.json`` (``--checkpoint``, with the commands inside).
 
 PLMS spends N + 1 calls on N steps, so its budget B runs N = B - 1 steps; every other sampler
 spends one call per step. Each row records the calls the sampler really made (``model_calls``).
@@ -45,6 +50,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLERS = {
     "DDPM": ("ddpm", {}, 0),
     "DDIM": ("ddim", {}, 0),
+    "DDIM (eta=1)": ("ddim", {"eta": 1.0}, 0),      # the same steps with DDPM's fresh noise: stochastic
+    "DDIM (clip x0)": ("ddim", {"clip_sample": True}, 0),  # x0 prediction clamped to [-1, 1] (diffusers' default)
     "PLMS": ("plms", {}, 1),
     "DPM-Solver-3 (singlestep)": ("dpm-solver", {"order": 3, "method": "singlestep"}, 0),
     "DPM-Solver++(2M)": ("dpm-solver++", {"order": 2}, 0),
@@ -85,7 +92,9 @@ def generate(model, schedule, prediction_type, n, sampler, steps, options, seed,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from course_lib.cli import HelpFormatter  # --help shows each option's default
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--n", type=int, default=250, help="digits per point (at most 500, the size of the floor set)")
     p.add_argument("--calls", type=int, nargs="*", default=[5, 10, 20, 50, 100])
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
@@ -117,7 +126,11 @@ def main() -> None:
                           "2 CPU cores shared with other jobs",
               "rows": []}
     if args.resume and out.is_file():
-        result["rows"] = json.loads(out.read_text())["rows"]
+        earlier = json.loads(out.read_text())
+        if earlier["checkpoint"] != args.checkpoint:
+            p.error(f"--resume: {out} holds rows of checkpoint {earlier['checkpoint']!r}, not {args.checkpoint!r}")
+        result["rows"] = earlier["rows"]
+        result["earlier_commands"] = earlier.get("earlier_commands", []) + [earlier["command"]]
     floor = compare_sets(real_a, real_b, real_b)
     result["floor"] = {"frechet": round(floor.frechet, 3), "kid": round(floor.kid, 5),
                        "precision": round(floor.precision, 3), "recall": round(floor.recall, 3),
