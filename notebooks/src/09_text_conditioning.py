@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.plotting import show_images
+from course_lib.plotting import show_captioned, show_images
 from course_lib.utils import count_parameters, seed_everything
 
 seed_everything(0)
@@ -399,8 +399,7 @@ scales = (0.0, 1.0, 3.0, 7.0)
 for s in scales:
     latents = sample(guided_by_hand(cond, uncond, s), schedule, noise, "dpm-solver++", 20).sample
     rows.append(decode_latents(vae, latents))
-show_images(torch.cat(rows), nrow=len(prompts), scale=1.6,
-            title="rows: guidance 0, 1, 3, 7; columns: " + " | ".join(prompts))
+show_captioned(torch.cat(rows), [f"guidance {s:g}: {p}" for s in scales for p in prompts], ncols=len(prompts))
 plt.show()
 
 # %% [markdown]
