@@ -9,8 +9,9 @@ same parameter count (``--config configs/train/mnist_unet_short.yaml``).
 
 Every setting comes from course_lib (``gan.TOY_GAN_TRAINING``, ``toy_diffusion.TOY_DIFFUSION_TRAINING``,
 ``gan.MNIST_DCGAN_TRAINING``): the notebook trains with
-the same code and settings. The 2-D runs use one torch thread, as the notebook does, so that the
-notebook's live seed-0 run can reproduce the shipped one.
+the same code and settings. The 2-D runs use one torch thread, as the notebook does. A GAN run is
+chaotic: the shipped seed-0 ring GAN came from an earlier run and differs from what this code gives
+on a given machine today (notebook 01, section 4, measures how one float32 step in the weights grows).
 
 Made by this script: data/toy_gan_vs_diffusion.safetensors and data/dcgan_mnist.safetensors (each
 + .json, + its sha256 in data/manifest.json).

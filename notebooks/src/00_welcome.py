@@ -6,7 +6,7 @@
 # This course builds Stable Diffusion from scratch, one part per notebook, and keeps each finished
 # part in a small library, `course_lib`, that the last notebook assembles into a text-to-image
 # sampler. Every claim is measured, every model is trained by the course's own code, and every
-# notebook runs in a few minutes on two CPU cores.
+# notebook runs on two CPU cores without a GPU (section 6 lists how long each one takes).
 #
 # **After this notebook you will be able to:**
 # - draw Stable Diffusion's pipeline and name its three networks and its sampler;
@@ -249,7 +249,8 @@ except ValueError as e:
 #
 # * **Features.** A digit classifier (MNIST-5k) and a ShapeWorld attribute network, trained by
 #   `scripts/train_digit_classifier.py` and `scripts/train_attribute_net.py` and shipped in
-#   `data/` with a checksum in `data/manifest.json`.
+#   `data/` with a checksum in `data/manifest.json`, beside every other model the course ships
+#   (the first cell below lists them all, with the command that made each).
 # * **Distribution distances on those features:** the Frechet distance (FID's method, Heusel et al.
 #   2017), KID (Binkowski et al. 2018) and precision/recall (Kynkaanniemi et al. 2019). Said
 #   plainly: our Frechet distance uses *our* classifiers' features, not Inception's, so its numbers
@@ -260,10 +261,13 @@ except ValueError as e:
 #   caption's claims are checked against them.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from course_lib.checkpoints import read_manifest
 from course_lib.classifiers import load_attribute_net, load_digit_classifier
 
-for name, entry in read_manifest().items():
+manifest = read_manifest()
+print(f"data/manifest.json: {len(manifest)} shipped checkpoints")
+for name, entry in manifest.items():
     print(f"{name}: {entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:12]}..., made by `{entry['command']}`")
 
 # %%
@@ -283,9 +287,13 @@ print(f"attribute net, foreground pixels of fresh images: shape {(shape_logits.a
 
 # %% [markdown]
 # ### Frechet distance, KID and precision/recall, with their floors
-# Two independent sets of real digits are the best any generator can do; that is the floor. Random
-# noise and a single repeated digit (a perfectly "mode-collapsed" generator) show what the measures
-# do with bad samples: collapse keeps precision high but kills recall.
+# Every row is a set of 500 images measured against 2,000 real training digits. The **floor**
+# column is what 500 *other* real training digits score: two independent sets of real digits, the
+# best any generator can do. The first row is a second real set, the 500 held-back test digits;
+# it does not score the floor exactly, and the gap between the two shows how much the measure
+# moves between real sets (KID, an unbiased estimate, can even fall just below zero). Random noise
+# and a single repeated digit (a perfectly "mode-collapsed" generator) show what the measures do
+# with bad samples: collapse keeps precision high but kills recall.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -295,7 +303,7 @@ from course_lib.metrics import compare_sets
 real_a = digit_features(digits.images[:2000])
 real_b = digit_features(digits.images[2000:2500])
 candidates = {
-    "real digits (the floor)": digit_features(test_digits.images),
+    "real test digits": digit_features(test_digits.images),
     "uniform noise": digit_features(torch.rand(500, 1, 28, 28) * 2 - 1),
     "one digit repeated": digit_features(test_digits.images[:1].repeat(500, 1, 1, 1)),
     "only 0s and 1s": digit_features(digits.images[digits.labels < 2][:500]),
@@ -367,7 +375,38 @@ with tempfile.TemporaryDirectory() as folder:
 #   course and installs only what Colab lacks; everywhere else that cell does nothing.
 # * **As slides:** `jupyter nbconvert --to slides notebooks/00_welcome.ipynb` writes
 #   `00_welcome.slides.html` (add `--execute` to rerun first, `--post serve` to open it).
-#
+# * **How long each notebook takes.** A notebook records when each of its cells started and
+#   finished. The next cell reads those records and prints how long every notebook took when it was
+#   last run, and when that was. For the notebooks as shipped, that run is the course's build
+#   (`python3 course.py build`: two CPU cores shared with other work, one torch thread, no GPU);
+#   after you run a notebook yourself, it is your run (this notebook's own line is always its
+#   previous run).
+
+# %%
+import json
+from datetime import datetime
+from pathlib import Path
+
+
+def recorded_run(path: Path) -> tuple[float, str] | None:
+    """(seconds from the first cell's start to the last cell's end, date) as recorded in a notebook."""
+    stamps = []
+    for cell in json.loads(path.read_text())["cells"]:
+        times = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in times and "shell.execute_reply" in times:
+            stamps += [datetime.fromisoformat(times[key].replace("Z", "+00:00"))
+                       for key in ("iopub.execute_input", "shell.execute_reply")]
+    return ((max(stamps) - min(stamps)).total_seconds(), f"{min(stamps):%Y-%m-%d}") if stamps else None
+
+
+folder = next((f for f in (Path("."), Path("notebooks")) if list(f.glob("[0-9][0-9]_*.ipynb"))), Path("."))
+print(f"{'notebook':32s} {'last run took':>13s}   {'on':10s}")
+for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+    run = recorded_run(path)
+    took = "{:3d} min {:2d} s".format(*divmod(round(run[0]), 60)) if run else "not recorded"
+    print(f"{path.name:32s} {took:>13s}   {run[1] if run else ''}")
+
+# %% [markdown]
 # ## Summary
 # * Stable Diffusion is a latent diffusion model: a text encoder, a denoising U-Net with
 #   cross-attention, a sampler, and an autoencoder's decoder. It is not a GAN, CLIP is not

@@ -158,6 +158,8 @@ for name, s in schedules.items():
     crossing = int((ls < 0).nonzero()[0])          # first timestep with more noise than signal
     print(f"{name:14s}" + "".join(f"{ab[t]:10.4f}" for t in (0, 250, 500, 750, 999))
           + f"{ls[0]:11.2f}{ls[-1]:12.2f}{crossing:11d}")
+print("timesteps (of 1000) at log-SNR below -3, where the image is nearly gone:",
+      ", ".join(f"{name} {int((s.log_snr < -3).sum())}" for name, s in schedules.items()))
 
 # %% [markdown]
 # What the table says:

@@ -293,8 +293,8 @@ if diffusers is not None:
 # involved" is right only for the autoencoder's training.
 #
 # The course leaves LPIPS and the GAN out (no pretrained VGG offline, and minutes on two cores),
-# and uses the squared error (`kind="mse"`): on ShapeWorld's flat colours it learns colour about
-# three times sooner than L1, which first settles on grey shapes. A short run shows the loss falling:
+# and uses the squared error (`kind="mse"`; `vae_loss` also offers SD's L1). A short run shows the
+# loss falling:
 
 # %%
 from course_lib.vae_training import AutoencoderTrainingConfig, train_autoencoder
@@ -328,8 +328,10 @@ plt.show()
 print("made by:", shipped["command"])
 
 # %% [markdown]
-# The plateau early in the long run is the grey phase: shapes and positions come first, colours
-# later. The small run's reconstructions are still blurred grey blobs; the shipped ones are not.
+# The shipped run's error fell by about three orders of magnitude over its 2,000 steps, the short
+# run's by about one. The pictures show the difference: after 100 steps the reconstructions are
+# blurred grey blobs in the right places (where comes before what colour); the shipped
+# autoencoder's are hard to tell from the originals.
 
 # %%
 vae = load_shipped_autoencoder()
@@ -413,11 +415,13 @@ for size, name in ((0, "small"), (1, "large")):
 print(f"pairs: {p[batch.kinds == 1].mean():.1f} dB, counts (2-3 objects): {p[batch.kinds == 2].mean():.1f} dB")
 
 # %% [markdown]
-# The error lives on edges, and small objects (whose area is mostly edge) suffer most. Now detail
-# that ShapeWorld never has: one-pixel stripes and checkerboards, noise, and real handwriting.
-# Each 8x8 latent position summarises a 4x4 patch with 4 numbers; a pattern that needs more than
-# that cannot pass, however it is trained. The autoencoder is also a product of its data: it has
-# learned to draw flat shapes, and draws them where it can.
+# The error lives on edges: an edge pixel is off about six times as much as any other pixel, and
+# the more outline an image has, the lower its PSNR (a single small object scores highest, then a
+# large one, then pairs, then counts of two or three). Now detail that ShapeWorld never has:
+# one-pixel stripes and checkerboards, noise, and real handwriting. Each 8x8 latent position
+# summarises a 4x4 patch with 4 numbers; a pattern that needs more than that cannot pass, however
+# it is trained. The autoencoder is also a product of its data: it has learned to draw flat
+# shapes, and draws them where it can.
 
 # %%
 from course_lib.mnist import MNIST5k
@@ -445,9 +449,11 @@ for name, value in zip(tests, psnr(probe, probe_recon)):
     print(f"{name:18s} PSNR {value:5.1f} dB")
 
 # %% [markdown]
-# Coarse structure survives (4-pixel stripes, the digit's stroke, a square); one-pixel patterns
-# and noise are replaced by something smooth. That is the deal latent diffusion makes: a 48x smaller
-# space (12x here) for a little detail that the decoder redraws from what it learned. SD's
+# Coarse structure survives: the square comes back nearly exact, the digit's stroke with its shape
+# (though not at ShapeWorld's PSNR), and the 4-pixel stripes keep their pattern but not their
+# colours. One-pixel stripes, the 2-pixel checkerboard and the noise come back as coloured, blocky
+# patches that keep nothing of the fine pattern. That is the deal latent diffusion makes: a 48x
+# smaller space (12x here) for a little detail that the decoder redraws from what it learned. SD's
 # perceptual and adversarial losses make the decoder redraw *plausible* texture instead of blur,
 # which is why SD's images look sharp even where they are not faithful.
 #
@@ -517,7 +523,7 @@ plt.show()
 # %% [markdown]
 # ## 7. What the KL weight does
 #
-# `scripts/train_autoencoder.py --kl-sweep` trained the same autoencoder briefly at five KL
+# `scripts/train_autoencoder.py --kl-sweep` trained the same autoencoder briefly at four KL
 # weights, from SD's 1e-6 up to 0.1, and measured each. Besides PSNR and the latents' spread, it
 # decoded 500 random latents drawn from the prior N(0, 1) (at the latents' scale) and measured
 # their Frechet distance from real images: is the autoencoder, alone, a generator?
@@ -585,8 +591,8 @@ plt.show()
 # * SD's KL autoencoder: residual blocks, a middle self-attention block, a diagonal Gaussian
 #   posterior from `quant_conv`, `post_quant_conv` before the decoder. Ours computes the same
 #   numbers as diffusers' `AutoencoderKL` on the same weights.
-# * The autoencoder does not "preserve detail" for free: errors sit on edges and small objects,
-#   and one-pixel patterns are lost. SD trained its autoencoder with L1, a perceptual loss and a
+# * The autoencoder does not "preserve detail" for free: errors sit on edges, and one- and
+#   two-pixel patterns are lost. SD trained its autoencoder with L1, a perceptual loss and a
 #   patch-GAN discriminator, the only discriminator in SD, used only in that training.
 # * The scale factor is `1 / std` of sampled latents (SD: 0.18215; ours is stored in
 #   `vae.config.scaling_factor`) and gives the diffusion model unit-variance latents.

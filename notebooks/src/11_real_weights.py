@@ -240,7 +240,7 @@ for name, parts in PUBLIC.items():
 # pickled `.bin` files, nor the single-file checkpoints some repositories also hold). Otherwise the
 # notebook builds a tiny Stable Diffusion with `diffusers` from random weights, shaped like SD 2
 # (gelu text encoder, linear projections, heads per level, pad token `!`), and saves it with
-# `save_pretrained`: the same kind of folder, a thousand times smaller.
+# `save_pretrained`: the same kind of folder, megabytes instead of gigabytes.
 
 # %%
 import diffusers
@@ -448,10 +448,13 @@ plt.show()
 # The article's SD 2 config (`v2-inference-bf16.yaml`) runs the U-Net in bfloat16: the same 8-bit
 # exponent as float32 with a 7-bit mantissa (float32 is single precision, not double). The course's
 # pipeline does the same with `use_bf16=True`; everything around the U-Net (text encoder, sampler
-# arithmetic, decoder) stays float32. The pictures change a little, not the composition. Whether it
-# is faster depends on the hardware: GPUs and CPUs with bfloat16 instructions (AVX-512 BF16, AMX)
-# run it faster; on a CPU without them PyTorch falls back to slow bfloat16 convolutions and it is
-# several times *slower* (`benchmarks/pipeline_speed.py` measures it).
+# arithmetic, decoder) stays float32. The cell prints how much the pictures change. Whether
+# bfloat16 is faster depends on the hardware: GPUs and CPUs with bfloat16 instructions (AVX-512
+# BF16, AMX) can run it faster; on a CPU without them (AVX2 only) PyTorch takes a slow path for
+# bfloat16 convolutions and it can be much *slower* than float32 (`benchmarks/pipeline_speed.py`
+# measures it on a U-Net of SD 2's shape). So the cell also prints what it ran on. The tiny
+# offline model's two timings say little about a real model's: its U-Net has nearly 800 times
+# fewer parameters than SD 2's (sections 1 and 4).
 
 # %%
 del reference                                      # make room on a small GPU for a second course pipeline
@@ -464,7 +467,14 @@ bf16 = pipe_bf16(hare, style=hare_style, sampler="dpm-solver++", steps=STEPS, gu
                  latents=latents, show_progress=False)
 diff = (fp32.images - bf16.images).abs()
 print(f"bfloat16 U-Net vs float32: mean |difference| {diff.mean().item():.3f}, max {diff.max().item():.3f} "
-      f"(pixel values in [0, 1]); {fp32.seconds:.1f} s vs {bf16.seconds:.1f} s")
+      f"(pixel values in [0, 1])")
+if device.type == "cpu":
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    hardware = (f"CPU, PyTorch kernels {torch.backends.cpu.get_cpu_capability()}, bfloat16 instructions: "
+                + (", ".join(k for k in ("avx512_bf16", "amx_bf16") if caps.get(k)) or "none"))
+else:
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+print(f"time for one picture: float32 {fp32.seconds:.2f} s, bfloat16 U-Net {bf16.seconds:.2f} s, on {hardware}")
 del pipe_bf16
 
 # %% [markdown]
