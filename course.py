@@ -50,12 +50,55 @@ def setup() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     if STAMP.exists() and STAMP.read_text() == _fingerprint():
         return
-    print("installing the pinned packages (requirements.txt) and the course; first time about 2 minutes ...",
+    print("installing the pinned packages (requirements.txt) and the course; first time a few minutes ...",
           flush=True)
     pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "-r", str(ROOT / "requirements.txt")], check=True)
+    requirements = (ROOT / "requirements.txt").read_text().splitlines()
+    if wants_cpu_wheels() and _install_cpu_torch(pip, requirements):
+        requirements = cpu_requirements(requirements)
+    with tempfile.TemporaryDirectory() as tmp:
+        req_file = Path(tmp) / "requirements.txt"
+        req_file.write_text("\n".join(requirements) + "\n")
+        subprocess.run([*pip, "-r", str(req_file)], check=True)
     subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
     STAMP.write_text(_fingerprint())
+
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+GPU_ONLY_PACKAGES = ("nvidia-", "cuda-", "triton")  # what PyPI's Linux torch wheel pulls in for CUDA
+
+
+def wants_cpu_wheels(platform: str = sys.platform, env: dict[str, str] | None = None) -> bool:
+    """Linux without an NVIDIA GPU: PyPI's torch for Linux brings about 3 GB of CUDA libraries that such a
+    machine never uses, so the course first tries PyTorch's CPU wheels. ``COURSE_TORCH=default`` keeps
+    PyPI's wheels, ``COURSE_TORCH=cpu`` asks for the CPU wheels anyway. (macOS and Windows wheels on
+    PyPI are CPU-only already.)"""
+    choice = (os.environ if env is None else env).get("COURSE_TORCH", "auto")
+    if choice in ("cpu", "default"):
+        return choice == "cpu"
+    has_gpu = shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia").exists()
+    return platform.startswith("linux") and not has_gpu
+
+
+def cpu_requirements(requirements: list[str]) -> list[str]:
+    """requirements.txt without the CUDA packages; torch and torchvision stay pinned (a ``+cpu`` build
+    satisfies ``torch==X``)."""
+    return [line for line in requirements if not line.strip().lower().startswith(GPU_ONLY_PACKAGES)]
+
+
+def _install_cpu_torch(pip: list[str], requirements: list[str]) -> bool:
+    """Install the pinned torch and torchvision from PyTorch's CPU index; False (with a note) when that
+    index cannot be reached or lacks those versions, and the default wheels are used instead."""
+    pins = [f"{line.strip()}+cpu" for line in requirements if line.strip().startswith(("torch==", "torchvision=="))]
+    print(f"no NVIDIA GPU: trying PyTorch's CPU wheels ({', '.join(pins)}) from {CPU_INDEX} ...", flush=True)
+    done = subprocess.run([*pip, "--index-url", CPU_INDEX, "--retries", "1", "--timeout", "20", *pins],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+        print(f"PyTorch's CPU wheels are not available here ({reason[:150]}); installing the default wheels",
+              flush=True)
+        return False
+    return True
 
 
 def _env() -> dict[str, str]:
