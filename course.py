@@ -4,6 +4,7 @@
     python3 course.py lab      # set up .venv (first time: about 2 minutes) and open JupyterLab
     python3 course.py test     # set up .venv and run the whole test suite, notebooks included
     python3 course.py setup    # only set up .venv
+    python3 course.py slides 05 [--serve]  # notebook 05 as slides (reveal.js) in slides/, works offline
     python3 course.py build 00 # (authors) rebuild notebooks/00_*.ipynb from notebooks/src/, executed
     python3 course.py badges   # (authors) rewrite every notebook's Colab badge from course_lib/links.py
 
@@ -216,13 +217,20 @@ def build(args: list[str]) -> int:
     return subprocess.call([str(PY), str(ROOT / "scripts" / "build_notebooks.py"), *args], cwd=ROOT, env=_env())
 
 
+def slides(args: list[str]) -> int:
+    """Build notebooks' slides (scripts/build_slides.py) in the course's environment: `slides 05 [--serve]`."""
+    setup()
+    return subprocess.call([str(PY), str(ROOT / "scripts" / "build_slides.py"), *args], cwd=ROOT, env=_env())
+
+
 def badges(args: list[str]) -> int:
     setup()
     return subprocess.call([str(PY), str(ROOT / "scripts" / "build_notebooks.py"), "--badges-only", *args],
                            cwd=ROOT, env=_env())
 
 
-COMMANDS = {"setup": lambda a: setup() or 0, "lab": lab, "test": test, "build": build, "badges": badges}
+COMMANDS = {"setup": lambda a: setup() or 0, "lab": lab, "test": test, "build": build, "badges": badges,
+            "slides": slides}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

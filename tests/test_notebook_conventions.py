@@ -90,3 +90,20 @@ def test_notebook_matches_its_source(nb):
     built = make_notebook(src)
     assert [(c.cell_type, _text(c)) for c in built.cells] == [(c.cell_type, _text(c)) for c in notebook.cells], \
         f"{path.name} differs from {src.name}: run `python3 course.py build {path.name[:2]}`"
+
+
+def test_slide_metadata_follows_the_rule(nb):
+    """Every cell carries the slide type that scripts/build_notebooks.py's rule gives it (`course.py slides`)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from build_notebooks import slide_type
+
+    path, notebook = nb
+    found = [c.metadata.get("slideshow", {}).get("slide_type") for c in notebook.cells]
+    wanted = [slide_type(notebook.cells, i) for i in range(len(notebook.cells))]
+    wrong = [f"cell {i} ({c.cell_type}, {_text(c)[:40]!r}): {f!r}, the rule says {w!r}"
+             for i, (c, f, w) in enumerate(zip(notebook.cells, found, wanted, strict=True)) if f != w]
+    assert not wrong, (f"{path.name}: slide metadata differs from the rule; run `python scripts/build_notebooks.py "
+                       f"--slides-only {path.name[:2]}`:\n" + "\n".join(wrong[:10]))
+    assert found.count("slide") + found.count("subslide") > 1, f"{path.name}: a deck of one slide"
