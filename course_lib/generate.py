@@ -3,6 +3,10 @@
     python -m course_lib.generate "a red circle above a blue square" --sampler dpm-solver++ \\
         --steps 20 --guidance 4 --seed 0 --out out.png
 
+Edit an image instead (notebook 13_beyond_text_to_image): ``--init-image in.png --strength 0.6``
+repaints it by the prompt (img2img, SDEdit); ``--mask mask.png`` (white = repaint) repaints only
+that region (inpainting). The files must have the model's image size.
+
 One image per prompt unless ``--num-images``; several images are saved as one grid. ``--bf16``
 runs the U-Net in bfloat16 (SD's ``use_bf16``); ``--config`` builds the model from another
 SD-style YAML file, which must agree with what its checkpoints record unless ``--no-strict``.
@@ -22,7 +26,7 @@ from .checkpoints import CheckpointError
 from .cli import HelpFormatter
 from .config import SHIPPED_CONFIG, ConfigMismatchWarning, build_from_config, load_config
 from .guidance import available_styles
-from .pipeline import GenerationSettings
+from .pipeline import GenerationSettings, load_image
 from .samplers import available_samplers
 from .shapeworld import caption_words
 from .tokenizer import PromptTruncatedWarning, UnknownWordsWarning, warn_unknown_words
@@ -40,6 +44,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=d.guidance_scale, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--num-images", type=int, default=d.images_per_prompt)
+    p.add_argument("--init-image", metavar="PATH",
+                   help="img2img: start from this PNG/JPEG (RGB, the model's image size) instead of pure noise "
+                        "(default: none, text to image)")
+    p.add_argument("--strength", type=float, default=d.strength,
+                   help="with --init-image: how much to repaint, 0 keeps the image, 1 repaints from the "
+                        "first step (default: 0.8, or 1.0 with --mask, as diffusers)")
+    p.add_argument("--mask", metavar="PATH",
+                   help="inpainting: a PNG/JPEG of the init image's size, white (>= 50%% grey) = repaint, "
+                        "black = keep (default: none, the whole image)")
     p.add_argument("--bf16", action="store_true", help="run the U-Net in bfloat16")
     p.add_argument("--config", default=str(SHIPPED_CONFIG), help="an SD-style YAML config")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
@@ -80,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = GenerationSettings(negative_prompt=args.negative, style=args.style, sampler=args.sampler,
                                   steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                                  images_per_prompt=args.num_images)
+                                  images_per_prompt=args.num_images, strength=args.strength)
     try:
         settings.validate()
+        if args.init_image is None and (args.mask is not None or args.strength is not None):
+            raise ValueError(f"{'--mask' if args.mask is not None else '--strength'} needs --init-image PATH "
+                             "(the image to edit)")
         device = check_device(args.device)
         with warnings.catch_warnings(record=True) as caught:
             for kind in (PromptTruncatedWarning, UnknownWordsWarning, ConfigMismatchWarning):
@@ -92,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             if words is not None:
                 for text in (args.prompt, args.negative):
                     warn_unknown_words(text, words, "the ShapeWorld model")
-            result = pipe(args.prompt, settings)
+            edit = {}
+            if args.init_image is not None:
+                edit["init_image"] = load_image(args.init_image, "RGB", pipe.image_size)
+                if args.mask is not None:
+                    edit["mask"] = load_image(args.mask, "L", pipe.image_size)
+            result = pipe(args.prompt, settings, **edit)
     except (ValueError, TypeError, FileNotFoundError, CheckpointError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -58,6 +58,7 @@ __all__ = [
     "available_samplers",
     "sample",
     "make_timesteps",
+    "sampler_timesteps",
     "dpm_solver_timesteps",
     "ddpm",
     "ddim",
@@ -69,6 +70,9 @@ __all__ = [
 ]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# after_step(x, t_next) -> x: called after every executed step with the grid's next timestep (None after the last)
+AfterStep = Callable[[torch.Tensor, int | None], torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 @dataclass
@@ -91,10 +95,17 @@ class Denoiser:
 
     Counts the calls it makes (``calls``, ``timesteps``), converts the model's output to the
     x0 and noise predictions, and records the trajectory. Defined in notebook 06_reverse_diffusion.
+
+    ``start_step`` (img2img, notebook 13_beyond_text_to_image): the samplers skip the first
+    ``start_step`` steps of their grid (``loop`` starts there, so every sampler gets it; multistep
+    histories start empty at the first executed step, as diffusers' schedulers with a begin index do).
+    ``after_step(x, t_next) -> x`` runs after every executed step (inpainting blends the known region
+    there), ``t_next`` the grid's next timestep or None after the last step.
     """
 
     def __init__(self, model_fn: ModelFn, schedule: NoiseSchedule, prediction_type: str = "epsilon",
-                 record_trajectory: bool = False, show_progress: bool = False):
+                 record_trajectory: bool = False, show_progress: bool = False, start_step: int = 0,
+                 after_step: AfterStep | None = None):
         check_prediction_type(prediction_type)
         self.model_fn = model_fn
         self.schedule = schedule
@@ -103,6 +114,9 @@ class Denoiser:
         self.timesteps: list[int] = []
         self.trajectory: list[torch.Tensor] | None = [] if record_trajectory else None
         self.show_progress = show_progress
+        self.start_step = start_step
+        self.after_step = after_step
+        self.grid: list[int] = []               # the running sampler's timesteps (set by ``loop``)
 
     def output(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """The raw model output at (x, t): one model call."""
@@ -134,13 +148,29 @@ class Denoiser:
             self.trajectory.append(x)
 
     def loop(self, timesteps: Sequence[int], desc: str) -> Iterable[tuple[int, int]]:
-        """``enumerate(timesteps)`` with a progress bar when ``show_progress``."""
-        return progress(enumerate(timesteps), desc=desc, total=len(timesteps),
-                        disable=None if self.show_progress else True)
+        """``enumerate(timesteps)`` from ``start_step`` on, with a progress bar when ``show_progress``."""
+        self.grid = [int(t) for t in timesteps]
+        if not 0 <= self.start_step < len(timesteps):
+            raise ValueError(f"start_step must be from 0 to steps - 1 = {len(timesteps) - 1}, got {self.start_step}")
+        todo = list(enumerate(timesteps))[self.start_step:]
+        return progress(todo, desc=desc, total=len(todo), disable=None if self.show_progress else True)
+
+    def end_step(self, x: torch.Tensor, i: int, record: bool = True) -> torch.Tensor:
+        """After step ``i`` (which lands on the grid's next timestep): ``after_step``, then the trajectory."""
+        if self.after_step is not None:
+            x = self.after_step(x, self.grid[i + 1] if i + 1 < len(self.grid) else None)
+        if record:
+            self.record(x)
+        return x
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``, drawn on the generator's device (as diffusers does)."""
+def _randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn on the generator's device (as diffusers does).
+    A list of generators draws row ``i`` of the batch from generator ``i`` (diffusers' ``randn_tensor``)."""
+    if isinstance(generator, Sequence):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}: pass one per row")
+        return torch.cat([_randn_like(x[i:i + 1], g) for i, g in enumerate(generator)])   # (B, ...)
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
@@ -260,7 +290,7 @@ def ddpm(model: Denoiser, x: torch.Tensor, steps: int, *, generator: torch.Gener
             x = mean + variance**0.5 * _randn_like(x, generator)
         else:
             x = mean
-        model.record(x)
+        x = model.end_step(x, i)
     return x
 
 
@@ -300,7 +330,7 @@ def ddim(model: Denoiser, x: torch.Tensor, steps: int, *, eta: float = 0.0,
         x = ab_prev**0.5 * x0 + (1 - ab_prev - s**2) ** 0.5 * eps
         if eta > 0:
             x = x + s * _randn_like(x, generator)
-        model.record(x)
+        x = model.end_step(x, i)
     return x
 
 
@@ -348,17 +378,18 @@ def plms(model: Denoiser, x: torch.Tensor, steps: int, *, timestep_spacing: str 
         ab_t, ab_prev = model.alpha_bar(t), model.alpha_bar(t_prev, final=final)
 
         e = estimate(x, t)
-        if not history and len(timesteps) > 1:        # pseudo improved Euler: predict, re-evaluate, average
+        if not history and i + 1 < len(timesteps):    # pseudo improved Euler: predict, re-evaluate, average
             e_pred = e if combine == "eps" else model.eps(x, t, e)
-            x_pred = _ddim_transfer(x, e_pred, ab_t, ab_prev)
-            t_next = timesteps[1]                     # the model sees the grid's next timestep
+            # the predictor lands on the next timestep: after_step sees it, as diffusers' step callbacks do
+            x_pred = model.end_step(_ddim_transfer(x, e_pred, ab_t, ab_prev), i, record=False)
+            t_next = timesteps[i + 1]                 # the model sees the grid's next timestep
             e_combined = (e + estimate(x_pred, t_next)) / 2
             # diffusers' first PLMS step goes from t_next + T//N to t_next (= from t to t_next on a "leading" grid)
             t_from = t_next + T // len(timesteps) if step_rule == "stride" else t
             eps = e_combined if combine == "eps" else model.eps(x, t_from, e_combined)
             x = _ddim_transfer(x, eps, model.alpha_bar(t_from), model.alpha_bar(t_next, final=final))
             history = [e]
-            model.record(x)
+            x = model.end_step(x, i)
             continue
         elif not history:                             # a single step: plain DDIM
             e_combined = e
@@ -371,7 +402,7 @@ def plms(model: Denoiser, x: torch.Tensor, steps: int, *, timestep_spacing: str 
         eps = e_combined if combine == "eps" else model.eps(x, t, e_combined)
         x = _ddim_transfer(x, eps, ab_t, ab_prev)
         history = (history + [e])[-3:]
-        model.record(x)
+        x = model.end_step(x, i)
     return x
 
 
@@ -555,22 +586,22 @@ def _dpm_solve(model: Denoiser, x: torch.Tensor, steps: int, *, plus: bool, orde
         d: list[torch.Tensor] = []                    # predictions at the grid points so far
         for i, t in model.loop(timesteps, f"{name} {order}M"):
             d = (d + [prediction(x, t, grid[i])])[-order:]
-            k = min(order, i + 1)                     # warm up with lower orders
+            k = len(d)                                # warm up with lower orders (from the first executed step)
             if i == N - 1 and ((lower_order_final and N < 15) or final_sigmas_type == "zero"):
                 k = 1                                 # the last step is first order
             if i == N - 2 and lower_order_final and N < 15:
                 k = min(k, 2)
             x = _multistep_update(x, d[-k:], grid[i + 1 - k:i + 1], grid[i + 1], plus)
-            model.record(x)
+            x = model.end_step(x, i)
         return x
 
     orders = _singlestep_orders(N, order, lower_order_final, final_sigmas_type == "zero")
     for i, t in model.loop(timesteps, f"{name} {order}S"):
-        if orders[i] == 1:                            # a new group starts here
+        if orders[i] == 1 or i == model.start_step:   # a new group starts here (lower order if cut short)
             x_s, start, d = x, i, []
         d.append(prediction(x, t, grid[i]))
         x = _singlestep_update(x_s, d, grid[start:i + 1], grid[i + 1], plus)
-        model.record(x)
+        x = model.end_step(x, i)
     return x
 
 
@@ -668,16 +699,39 @@ def model_schedule_of(model_fn: object) -> NoiseSchedule | None:
     return None
 
 
+def sampler_timesteps(sampler: str, schedule: NoiseSchedule, steps: int, **sampler_options) -> list[int]:
+    """The timesteps (descending) at which ``sampler`` evaluates the model for ``steps`` steps, with
+    its default options or ``sampler_options``: the grid that ``sample``'s ``start_step`` indexes
+    (diffusers' ``scheduler.timesteps``; PLMS's list there repeats its second timestep, this grid
+    does not). Defined in notebook 13_beyond_text_to_image.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; available samplers: {', '.join(available_samplers())}")
+    params = inspect.signature(SAMPLERS[sampler].fn).parameters
+    unknown = sorted(set(sampler_options) - set(params))
+    if unknown:
+        raise TypeError(f"sampler {sampler!r} has no option(s) {', '.join(unknown)}")
+    opts = {name: p.default for name, p in params.items() if p.kind is p.KEYWORD_ONLY} | sampler_options
+    T = schedule.num_train_timesteps
+    if sampler in ("ddpm", "ddim", "plms"):
+        return make_timesteps(T, steps, opts["timestep_spacing"], opts["steps_offset"])
+    if opts.get("use_karras_sigmas"):
+        return karras_sigmas(schedule, steps)[1]
+    return dpm_solver_timesteps(T, steps, opts["timestep_spacing"], opts["steps_offset"])
+
+
 def available_samplers() -> list[str]:
     """The names ``sample`` accepts. Defined in notebook 06_reverse_diffusion."""
     return list(SAMPLERS)
 
 
 def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sampler: str = "ddim",
-           steps: int = 20, *, prediction_type: str = "epsilon", generator: torch.Generator | None = None,
+           steps: int = 20, *, prediction_type: str = "epsilon",
+           generator: torch.Generator | Sequence[torch.Generator] | None = None,
            eta: float = 0.0, order: int | None = None, return_trajectory: bool = False,
            model_schedule: NoiseSchedule | int | None = None, show_progress: bool = False,
-           refused: str | None = None, **sampler_options) -> SampleResult:
+           refused: str | None = None, start_step: int = 0, after_step: AfterStep | None = None,
+           **sampler_options) -> SampleResult:
     """Run a sampler from the noise ``x_T`` to a sample; one interface for every sampler.
 
     ``model_fn(x, t)``: the model, ``t`` a (B,) long tensor of training timesteps.
@@ -688,11 +742,17 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sample
     ``x_T``: the starting noise, float, (B, ...) (all samplers here start from unit variance).
     ``sampler``: one of ``available_samplers()``; ``steps``: solver steps (N).
     ``prediction_type``: what the model predicts: "epsilon", "v_prediction" or "sample".
-    ``generator``: for the noise of ddpm and ddim with ``eta > 0``. ``order``: for the
+    ``generator``: for the noise of ddpm and ddim with ``eta > 0`` (a list: one generator per batch
+    row, as diffusers' lists of generators). ``order``: for the
     DPM-Solvers (1, 2, 3; default 2). ``sampler_options``: timestep spacing and similar, see
     ``SAMPLERS[name].options`` and each sampler's docstring.
     ``refused``: a reason this sampler must not run here (``convert.load_diffusers_pipeline`` sets it
     for a sampler that cannot copy a folder's scheduler settings); raised as a ``ValueError``.
+    ``start_step`` (img2img, notebook 13_beyond_text_to_image): skip the first ``start_step`` steps
+    of the sampler's grid (``sampler_timesteps``): ``x_T`` is then a sample at the timestep
+    ``sampler_timesteps(...)[start_step]``, e.g. an image noised there. ``after_step(x, t_next) -> x``
+    runs after every step (``t_next``: the grid's next timestep, None after the last); inpainting
+    blends the known region there.
     Runs without gradients. Defined in notebook 06_reverse_diffusion.
     """
     if refused:
@@ -718,6 +778,9 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sample
     if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or not 1 <= steps <= T:
         raise ValueError(f"steps must be an int from 1 to num_train_timesteps={T}, got {steps!r}")
     steps = int(steps)
+    if not isinstance(start_step, numbers.Integral) or isinstance(start_step, bool) or not 0 <= start_step < steps:
+        raise ValueError(f"start_step must be an int from 0 to steps - 1 = {steps - 1} (the first step to run), "
+                         f"got {start_step!r}")
     check_prediction_type(prediction_type)
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable as model_fn(x, t), got {type(model_fn).__name__}")
@@ -742,7 +805,7 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sample
         kwargs["generator"] = generator
 
     model = Denoiser(model_fn, schedule, prediction_type, record_trajectory=return_trajectory,
-                     show_progress=show_progress)
+                     show_progress=show_progress, start_step=int(start_step), after_step=after_step)
     model.record(x_T)
     with torch.no_grad():
         x = info.fn(model, x_T, steps, **kwargs)
