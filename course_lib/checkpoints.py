@@ -60,6 +60,20 @@ def save_checkpoint(model: torch.nn.Module, name: str, *, config: dict[str, Any]
     weights = folder / f"{name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights))
+    return record_checkpoint(weights, name, config=config, command=command, metrics=metrics)
+
+
+def record_checkpoint(weights: str | Path, name: str, *, config: dict[str, Any], command: str | None = None,
+                      metrics: dict[str, Any] | None = None) -> Path:
+    """Ship a weights file already written as ``NAME.safetensors`` in its folder: write ``NAME.json``
+    (config, command, metrics) and record the file's sha256 in the folder's manifest, as
+    ``save_checkpoint`` does, for files that are not a whole model's state dict (scripts/train_lora.py's
+    adapters, written by ``course_lib.lora.save_lora``).
+    """
+    weights = Path(weights)
+    if weights.name != f"{name}.safetensors" or not weights.is_file():
+        raise CheckpointError(f"record_checkpoint expects an existing file named {name}.safetensors, got {weights}")
+    folder = weights.parent
     meta = {"config": config, "command": command, "metrics": metrics or {}}
     (folder / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     manifest = read_manifest(folder)

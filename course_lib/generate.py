@@ -5,7 +5,8 @@
 
 Edit an image instead (notebook 13_beyond_text_to_image): ``--init-image in.png --strength 0.6``
 repaints it by the prompt (img2img, SDEdit); ``--mask mask.png`` (white = repaint) repaints only
-that region (inpainting). The files must have the model's image size.
+that region (inpainting). The files must have the model's image size. ``--lora NAME_OR_FILE``
+merges a LoRA made for this U-Net (``scripts/train_lora.py``; shipped: shapeworld_lora_green_circle).
 
 One image per prompt unless ``--num-images``; several images are saved as one grid. ``--bf16``
 runs the U-Net in bfloat16 (SD's ``use_bf16``); ``--config`` builds the model from another
@@ -26,6 +27,7 @@ from .checkpoints import CheckpointError
 from .cli import HelpFormatter
 from .config import SHIPPED_CONFIG, ConfigMismatchWarning, build_from_config, load_config
 from .guidance import available_styles
+from .lora import apply_lora
 from .pipeline import GenerationSettings, load_image
 from .samplers import available_samplers
 from .shapeworld import caption_words
@@ -53,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask", metavar="PATH",
                    help="inpainting: a PNG/JPEG of the init image's size, white (>= 50%% grey) = repaint, "
                         "black = keep (default: none, the whole image)")
+    p.add_argument("--lora", metavar="PATH",
+                   help="a LoRA for this U-Net (a .safetensors file made by scripts/train_lora.py, or the name "
+                        "of a shipped one such as shapeworld_lora_green_circle), merged into its weights "
+                        "(default: none)")
     p.add_argument("--bf16", action="store_true", help="run the U-Net in bfloat16")
     p.add_argument("--config", default=str(SHIPPED_CONFIG), help="an SD-style YAML config")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             for kind in (PromptTruncatedWarning, UnknownWordsWarning, ConfigMismatchWarning):
                 warnings.simplefilter("always", kind)
             pipe = build_from_config(args.config, use_bf16=args.bf16 or None, device=device, strict=args.strict)
+            if args.lora is not None:
+                apply_lora(pipe, args.lora, merge=True)     # refuses a LoRA made for another U-Net
             words = _shapeworld_words(args.config)
             if words is not None:
                 for text in (args.prompt, args.negative):

@@ -275,8 +275,9 @@ class UNet(nn.Module):
     ``x (B, in_channels, H, W)`` with H and W divisible by ``2**(levels-1)``; ``t`` an int, a float,
     a 0-d tensor or a ``(B,)`` tensor of timesteps; ``context (B, L, cross_attention_dim)`` for a
     conditional model (None for an unconditional one); ``context_mask (B, L)`` optionally keeps the
-    cross-attention off some tokens (diffusers' ``encoder_attention_mask``; SD itself attends to all 77). State-dict keys are identical to diffusers'
-    ``UNet2DConditionModel`` (conditional) or ``UNet2DModel`` (unconditional) of matching config.
+    cross-attention off some tokens (diffusers' ``encoder_attention_mask``; SD itself attends to all 77).
+    State-dict keys are identical to diffusers' ``UNet2DConditionModel`` (conditional) or
+    ``UNet2DModel`` (unconditional) of matching config.
     Defined in notebook 03_unet.
     """
 

@@ -373,8 +373,8 @@ with tempfile.TemporaryDirectory() as folder:
 #   whole test suite, every notebook included. Conda users: `conda env create -f environment.yml`.
 # * **On Google Colab:** click the badge at the top of any notebook. Its first code cell fetches the
 #   course and installs only what Colab lacks; everywhere else that cell does nothing.
-# * **As slides:** `jupyter nbconvert --to slides notebooks/00_welcome.ipynb` writes
-#   `00_welcome.slides.html` (add `--execute` to rerun first, `--post serve` to open it).
+# * **As slides:** `python3 course.py slides 00` writes `slides/00_welcome.slides.html`, a reveal.js
+#   deck that opens from disk and works without internet (add `--serve` to open it in a browser).
 # * **How long each notebook takes.** A notebook records when each of its cells started and
 #   finished. The next cell reads those records and prints how long every notebook took when it was
 #   last run, and when that was. For the notebooks as shipped, that run is the course's build
