@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -117,7 +118,7 @@ def main() -> None:
     real_a = digit_features(MNIST5k("train").images)          # the reference: 4500 training digits
     real_b = digit_features(MNIST5k("test").images[:args.n])  # the floor: held-back real digits
 
-    command = "python benchmarks/sampler_quality.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/sampler_quality.py", *sys.argv[1:]])
     out = Path(args.out)
     result = {"command": command.strip(), "checkpoint": args.checkpoint, "folder": args.folder,
               "checkpoint_command": ckpt.meta["command"], "n": args.n, "seed": args.seed,
@@ -129,8 +130,10 @@ def main() -> None:
         earlier = json.loads(out.read_text())
         if earlier["checkpoint"] != args.checkpoint:
             p.error(f"--resume: {out} holds rows of checkpoint {earlier['checkpoint']!r}, not {args.checkpoint!r}")
+        # the file describes its first run; the runs that added rows are listed after it
+        result.update({key: earlier[key] for key in ("command", "machine", "seconds_first_run") if key in earlier})
         result["rows"] = earlier["rows"]
-        result["earlier_commands"] = earlier.get("earlier_commands", []) + [earlier["command"]]
+        result["resumed_with"] = earlier.get("resumed_with", []) + [command]
     floor = compare_sets(real_a, real_b, real_b)
     result["floor"] = {"frechet": round(floor.frechet, 3), "kid": round(floor.kid, 5),
                        "precision": round(floor.precision, 3), "recall": round(floor.recall, 3),
@@ -172,7 +175,7 @@ def main() -> None:
                        for label, budget in todo]
             for f in as_completed(futures):
                 record(*f.result())
-    result["seconds_this_run"] = round(time.time() - total, 1)
+    result.setdefault("seconds_first_run", round(time.time() - total, 1))
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out} ({time.time() - total:.0f} s)")
 

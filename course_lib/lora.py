@@ -274,6 +274,7 @@ class LoRAParameterCount:
 
     @property
     def fraction(self) -> float:
+        """Adapter parameters as a share of the base model's."""
         return self.lora / self.base if self.base else float("nan")
 
     def __str__(self) -> str:
@@ -494,6 +495,9 @@ def _resolve_lora_path(path_or_name: str | Path) -> Path:
         raise FileNotFoundError(f"LoRA {path_or_name} is neither a file nor a checkpoint name in "
                                 f"{data_dir() / 'manifest.json'}")
     path = data_dir() / entry["weights"]
+    if not path.is_file():
+        raise FileNotFoundError(f"LoRA {path_or_name} is listed in {data_dir() / 'manifest.json'} but {path} is "
+                                f"missing; make it again with: {entry.get('command', 'its training script')}")
     if sha256_of(path) != entry["sha256"]:
         from .checkpoints import load_weights
         load_weights(str(path_or_name))   # raises the course's checksum error, which says what changed
@@ -582,6 +586,7 @@ class ConceptAdherence:
     captions: list[str]
 
     def as_row(self) -> dict[str, Any]:
+        """One table row: the concept, the caption count, ``drawn`` and the adherence report's numbers."""
         return {"concept": f"{self.color} {self.shape}", "n": self.n, "drawn": round(self.drawn, 3),
                 **self.report.as_row()}
 

@@ -21,6 +21,7 @@ course's ShapeWorld model and the public Stable Diffusion weights (notebook 11).
 
 from __future__ import annotations
 
+import math
 import numbers
 import time
 from collections.abc import Callable, Sequence
@@ -345,7 +346,9 @@ is; False (SD's way) feeds all 77 positions. Defined in notebook 10_full_sampler
         """Where img2img and inpainting start, exactly as diffusers' ``StableDiffusionImg2ImgPipeline``
         and ``StableDiffusionInpaintPipeline`` (4-channel U-Net) with ``generator=[torch.Generator()
         .manual_seed(seed) for seed in seeds]``: image i's generator draws its posterior sample, then its
-        noise (unless ``noise`` is given), then the sampler's noise (DDPM).
+        noise (unless ``noise`` is given), then the sampler's noise (DDPM). (diffusers' inpainting also
+        draws once more, to encode the masked image a 4-channel U-Net never reads, unless it is given
+        ``masked_image_latents``; so with DDPM its noise equals the course's only then.)
 
         ``images`` (N, 3, H, W) in [0, 1], ``mask`` (N, 1, H, W), both checked. ``k = img2img_steps(steps,
         strength)`` steps run, from grid step ``steps - k`` (``sampler_timesteps``), where the latents are
@@ -362,7 +365,8 @@ is; False (SD's way) feeds all 77 positions. Defined in notebook 10_full_sampler
         run = img2img_steps(s.steps, strength)
         if run == 0 and strength > 0:
             raise ValueError(f"strength={strength} with steps={s.steps} runs int({s.steps} * {strength}) = 0 steps "
-                             f"(diffusers' rule); use strength >= {1 / s.steps:.3g} (1/steps) or more steps, or "
+                             f"(diffusers' rule); use strength >= {math.ceil(1000 / s.steps) / 1000:g} "
+                             "(at least 1/steps) or more steps, or "
                              "strength=0 for the autoencoder's reconstruction of the init image")
         options = self.sampler_options.get(s.sampler, {})
         if s.sampler == "plms" and run < s.steps:

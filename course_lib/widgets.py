@@ -66,6 +66,7 @@ class GeneratorUI:
     sources: dict | None = None
 
     def editing(self) -> bool:
+        """Whether a source image is chosen (img2img or inpainting) rather than text to image."""
         return self.source is not None and self.source.value != NO_SOURCE
 
     def settings(self) -> GenerationSettings:
