@@ -242,8 +242,8 @@ def clock():
     return Clock(TEST_BUDGET_S)
 
 
-@pytest.fixture
-def chromium():
+def require_chromium() -> Path:
+    """Chromium's path, or skip (fail under COURSE_REQUIRE_BROWSER=1) saying what is missing."""
     if not CHROMIUM.exists():
         _missing(f"Chromium is not installed ({CHROMIUM} is missing): {INSTALL_HINT}")
     try:
@@ -251,6 +251,11 @@ def chromium():
     except ImportError:
         _missing("the playwright package is not installed: `python3 course.py setup` installs requirements.txt")
     return CHROMIUM
+
+
+@pytest.fixture
+def chromium():
+    return require_chromium()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from notebook_files import notebooks_under_test
-from test_browser import CHROMIUM, CHROMIUM_ARGS, INSTALL_HINT, _missing
+from test_browser import CHROMIUM_ARGS, require_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -99,13 +99,7 @@ def test_course_py_slides_writes_the_deck(tmp_path):
 
 @pytest.fixture
 def chromium():
-    if not CHROMIUM.exists():
-        _missing(f"Chromium is not installed ({CHROMIUM} is missing): {INSTALL_HINT}")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        _missing("the playwright package is not installed: `python3 course.py setup` installs requirements.txt")
-    return CHROMIUM
+    return require_chromium()
 
 
 def test_the_deck_renders_offline_in_a_browser(chromium, tmp_path):
