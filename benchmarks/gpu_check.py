@@ -130,6 +130,13 @@ SCRIPTS = (
                 ("--steps", "8", "--images", "64", "--batch-size", "8", "--channels", "16", "16", "16", "--name",
                  "gpu_check")),
 )
+# Training scripts without the device flags (--device, --precision, --checkpoint-dir): not a device check.
+CPU_ONLY_SCRIPTS = {
+    "train_lora.py": "the LoRA of notebook 13 trains for minutes on one CPU thread; it has no --device, "
+                     "--precision or --checkpoint-dir yet (its loop, train_diffusion_model, is checked through "
+                     "train_text_to_image.py and train_mnist_diffusion.py)",
+}
+
 RESUME = ScriptCheck("train_digit_classifier.py", "digit_classifier.yaml", ("--epochs", "1"),
                      ("--epochs", "1", "--batch-size", "750", "--width", "4", "--feature-dim", "8"),
                      threads_flag=False)
