@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import linalg
 
 
@@ -125,3 +126,11 @@ def compare_sets(real_a: torch.Tensor, fake: torch.Tensor, real_b: torch.Tensor,
     precision, recall = precision_recall(real_a, fake, k)
     return SetComparison(frechet_distance(real_a, fake), frechet_distance(real_a, real_b), kid, kid_floor,
                          precision, recall, len(fake))
+
+
+def isolated_faint_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Per image, the pixels brighter than -0.8 (10% grey) with no ink (> 0) within 2 pixels: the
+    specks a deterministic sampler leaves on a digit's black background. ``images`` (N, 1, H, W) in
+    [-1, 1] -> (N,). Defined in notebook 07_plms_and_dpm_solver."""
+    ink_nearby = F.max_pool2d((images > 0).float(), 5, stride=1, padding=2) > 0    # (N, 1, H, W)
+    return ((images > -0.8) & ~ink_nearby).float().sum((1, 2, 3))

@@ -393,13 +393,19 @@ is; False (SD's way) feeds all 77 positions. Defined in notebook 10_full_sampler
         if mask is None:
             return SamplingStart(latents, start_step, None, generators)
 
-        repaint = F.interpolate((mask >= 0.5).float(), size=self.latent_shape[1:]).to(self.device)  # (N, 1, h, w)
+        repaint = self.latent_mask(mask)                                # (N, 1, H, W) -> (N, 1, h, w)
 
         def blend(x: torch.Tensor, t_next: int | None) -> torch.Tensor:
             known = image_latents if t_next is None else q_sample(image_latents, t_next, noise, self.schedule)
             return (1 - repaint) * known + repaint * x
 
         return SamplingStart(latents, start_step, blend, generators)
+
+    def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The region inpainting repaints, on the latent grid: ``mask`` (N, 1, H, W) binarized at 0.5 and
+        shrunk to (N, 1, h, w) by nearest-neighbour interpolation, as diffusers' ``mask_processor`` and
+        ``prepare_mask_latents``. Defined in notebook 13_beyond_text_to_image."""
+        return F.interpolate((mask >= 0.5).float(), size=self.latent_shape[1:]).to(self.device)
 
     def _check_image(self, image: object, what: str) -> torch.Tensor:
         """An (N, 3, H, W) float image batch in [0, 1] of the model's size, or an error saying what to do."""

@@ -5,21 +5,12 @@ is not exercised here; these tests check the choice, the requirement list and th
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
+from test_committed_notebooks import course  # course.py, loaded once for the tests of the entry point
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_course():
-    spec = importlib.util.spec_from_file_location("course_setup_under_test", ROOT / "course.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-course = _load_course()
 
 
 def test_cpu_wheels_are_wanted_only_on_linux_without_a_gpu(monkeypatch, tmp_path):

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from course_lib.classifiers import digit_features
-from course_lib.metrics import compare_sets
+from course_lib.metrics import compare_sets, isolated_faint_pixels
 from course_lib.mnist import MNIST5k
 from course_lib.samplers import sample
 from course_lib.training import load_diffusion_checkpoint
@@ -51,11 +50,6 @@ CEILINGS = {"DDPM 50": 115.0, "DPM-Solver++ 20": 195.0}
 def test_frechet_below_fixed_ceilings(frechet):
     for label, ceiling in CEILINGS.items():
         assert frechet[label] < ceiling, f"{label}: Frechet {frechet[label]:.1f} >= {ceiling}"
-
-
-def isolated_faint_pixels(x: torch.Tensor) -> torch.Tensor:
-    ink_nearby = F.max_pool2d((x > 0).float(), 5, stride=1, padding=2) > 0
-    return ((x > -0.8) & ~ink_nearby).float().sum((1, 2, 3))
 
 
 def test_the_ode_keeps_specks_that_fresh_noise_removes(digits):

@@ -520,6 +520,7 @@ print(f"{'floor':17s}{floor['frechet']:10.1f};  1000-step DDPM {ddpm_1000['frech
 # %%
 import torch.nn.functional as F
 
+from course_lib import metrics
 from course_lib.diffusion import predict_x0
 from course_lib.mnist import MNIST5k
 
@@ -528,6 +529,11 @@ def isolated_faint_pixels(x):
     """Per image: pixels brighter than -0.8 (10% grey) with no ink (> 0) within 2 pixels."""
     ink_nearby = F.max_pool2d((x > 0).float(), 5, stride=1, padding=2) > 0
     return ((x > -0.8) & ~ink_nearby).float().sum((1, 2, 3))
+
+
+# the same count in the library (tests/test_mnist_shipped.py checks the shipped model with it)
+real_digits = MNIST5k("test").images[:64]
+assert torch.equal(isolated_faint_pixels(real_digits), metrics.isolated_faint_pixels(real_digits))
 
 
 def logging_model(log):
@@ -549,7 +555,7 @@ for label, eta in paths.items():
                  generator=torch.Generator().manual_seed(2))
     finals[label] = res.sample.clamp(-1, 1).cpu()
 specks = {label: isolated_faint_pixels(x).mean().item() for label, x in finals.items()}
-specks["real test digits"] = isolated_faint_pixels(MNIST5k("test").images[:64]).mean().item()
+specks["real test digits"] = isolated_faint_pixels(real_digits).mean().item()
 for label, v in specks.items():
     print(f"{label:26s} {v:5.2f} isolated faint pixels per image")
 ode, noisy = list(paths)

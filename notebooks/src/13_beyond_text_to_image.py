@@ -214,7 +214,8 @@ plt.show()
 # $$z \leftarrow (1 - m)\, q(z_0 \text{ noised to } t_{\text{next}}) + m\, z,$$
 #
 # with $m$ the mask (1 = repaint) shrunk to the latent size (here 8x8 cells of 4x4 pixels: what is
-# repainted is that coarse region), and the clean $z_0$ after the last step. This is what SD does with its ordinary checkpoints and what `diffusers`'
+# repainted is that coarse region), and the clean $z_0$ after the last step. This is what SD does
+# with its ordinary checkpoints and what `diffusers`'
 # `StableDiffusionInpaintPipeline` does when the U-Net has 4 input channels (SD's dedicated
 # inpainting checkpoints instead feed the mask and the masked image to a 9-channel U-Net). The
 # region outside the mask can only change through the decoder, which sees all latents at once.
@@ -241,9 +242,8 @@ while len(fill_captions) < 32:
     fill_captions.append(pair_caption(c1, s1, relation, c3, s3))
 inpaint_sources, inpaint_masks = torch.cat(inpaint_sources), torch.cat(inpaint_masks)
 filled = pipe(fill_captions, dpm, init_image=inpaint_sources, mask=inpaint_masks, show_progress=False).images
-# the region really repainted: the mask binarized and shrunk to the latent grid, as the pipeline does
-cells = F.interpolate(F.interpolate((inpaint_masks >= 0.5).float(), size=pipe.latent_shape[1:]),
-                      size=inpaint_masks.shape[-2:])                   # (32, 1, 32, 32) -> 8x8 -> 32x32
+# the region really repainted: the mask on the latent grid (pipe.latent_mask), shown at pixel size
+cells = F.interpolate(pipe.latent_mask(inpaint_masks), size=inpaint_masks.shape[-2:])  # (32, 1, 8, 8) -> 32x32
 show_captioned(torch.cat([inpaint_sources[:4], inpaint_sources[:4] * (1 - cells[:4]), filled[:4]]) * 2 - 1,
                [f"source: {c}" for c in keep_captions[:4]] + ["repainted (black): the mask on the latent grid"] * 4
                + [f"inpainted: {c}" for c in fill_captions[:4]], ncols=4, width=2.6)
