@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from course_lib.cli import HelpFormatter  # noqa: E402
-from course_lib.pipeline import GenerationSettings, TextToImagePipeline, load_shipped_pipeline  # noqa: E402
+from course_lib.pipeline import GenerationSettings, load_shipped_pipeline  # noqa: E402
 from course_lib.prompt_eval import EVAL_SEED, evaluate_prompts  # noqa: E402
 from course_lib.training import load_diffusion_checkpoint  # noqa: E402
 
@@ -53,10 +53,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = load_shipped_pipeline()
     if args.unet is not None:
-        ck = load_diffusion_checkpoint(args.unet)
-        masked = bool(ck.meta["config"].get("training", {}).get("mask_padding", False))
-        pipe = TextToImagePipeline(pipe.tokenizer, pipe.text_encoder, ck.model, pipe.vae, ck.schedule,
-                                   ck.prediction_type, mask_padding=masked)
+        pipe = pipe.with_checkpoint(load_diffusion_checkpoint(args.unet))
     rows = []
     result = {"command": "python benchmarks/text_to_image_quality.py " + " ".join(sys.argv[1:]),
               "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, fp32",

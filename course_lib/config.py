@@ -23,6 +23,12 @@ with SD's key names wherever they mean the same thing, so that reading one teach
     ddconfig: ch * ch_mult, z_channels   the same                     AutoencoderConfig
     layer: "penultimate"                 "last" or "penultimate"      text encoder truncated by one block
 
+SD 3 (notebook 12_stable_diffusion_3) ships diffusers folders, not such a YAML; the course writes its
+rectified-flow transformer the same way as above (``configs/shapeworld-mmdit-flow.yaml``):
+``parameterization: flow`` (no ``linear_start``/``linear_end``), ``shift`` (SD 3's scheduler_config
+``shift: 3.0``), and a ``unet_config`` whose target is ``MMDiTModel``, with the keys of diffusers'
+``SD3Transformer2DModel`` config (``patch_size``, ``num_layers``, ``attention_head_dim``, ...).
+
 SD loads one ``.ckpt`` for the whole model; here each part names its checkpoint in
 ``data/manifest.json`` with ``ckpt_path`` (SD's own key for a part's weights), checksum verified.
 """
@@ -44,8 +50,10 @@ import yaml
 
 from .checkpoints import load_state_dict_checked, load_weights, read_manifest
 from .clip import CLIPTextConfig, CLIPTextEncoder
+from .mmdit import MMDiT, MMDiTConfig
 from .paths import REPO_ROOT, data_dir
 from .pipeline import TextToImagePipeline
+from .rectified_flow import FLOW_PREDICTION, FlowMatchSchedule
 from .schedules import NoiseSchedule, make_schedule
 from .tokenizer import CLIPStyleTokenizer
 from .unet import UNet, UNetConfig
@@ -54,7 +62,7 @@ from .vae import AutoencoderKL as _AutoencoderKL
 
 __all__ = ["ConfigError", "ConfigMismatchWarning", "checkpoint_differences", "SHIPPED_CONFIG",
            "load_config", "instantiate_from_config", "build_from_config",
-           "LatentDiffusion", "UNetModel", "AutoencoderKL", "FrozenCLIPEmbedder"]
+           "LatentDiffusion", "UNetModel", "MMDiTModel", "AutoencoderKL", "FrozenCLIPEmbedder"]
 
 SHIPPED_CONFIG = REPO_ROOT / "configs" / "shapeworld-inference.yaml"
 
@@ -91,10 +99,13 @@ def _recorded(ckpt_path: str | None) -> dict[str, Any] | None:
         return None
 
 
-def _recorded_schedule(unet_config: dict[str, Any]) -> NoiseSchedule | None:
+def _recorded_schedule(unet_config: dict[str, Any]) -> NoiseSchedule | FlowMatchSchedule | None:
     rec = _recorded((unet_config.get("params") or {}).get("ckpt_path")) or {}
     sched = dict(rec.get("schedule") or {})
     try:
+        if sched.get("name") == FlowMatchSchedule.name:
+            sched.pop("name")
+            return FlowMatchSchedule(**sched)
         return make_schedule(sched.pop("name"), sched.pop("T"), **sched) if sched else None
     except (KeyError, TypeError, ValueError):
         return None
@@ -122,8 +133,9 @@ def _compare(built: Any, recorded: dict[str, Any] | None, what: str, skip: tuple
 
 
 def checkpoint_differences(unet_config: dict[str, Any], first_stage_config: dict[str, Any],
-                           cond_stage_config: dict[str, Any], *, unet: UNet, vae: _AutoencoderKL,
-                           text_encoder: CLIPTextEncoder, schedule: NoiseSchedule, prediction_type: str,
+                           cond_stage_config: dict[str, Any], *, unet: UNet | MMDiT, vae: _AutoencoderKL,
+                           text_encoder: CLIPTextEncoder, schedule: NoiseSchedule | FlowMatchSchedule,
+                           prediction_type: str,
                            layer: str, where: str = "model", mask_padding: bool | None = None) -> list[str]:
     """Every way the built model differs from what its checkpoints record, one line each.
 
@@ -142,8 +154,11 @@ def checkpoint_differences(unet_config: dict[str, Any], first_stage_config: dict
             out.append(f"{where}.params.{key}.params.ckpt_path is missing: {name} would keep random weights")
     rec = _recorded((unet_config.get("params") or {}).get("ckpt_path"))
     if rec:
-        out += _compare(unet.config, rec.get("unet"), f"{where}.params.unet_config", skip=("dropout",))
-        sched = rec.get("schedule") or {}
+        out += _compare(unet.config, rec.get("unet", rec.get("mmdit")), f"{where}.params.unet_config",
+                        skip=("dropout",))
+        sched = dict(rec.get("schedule") or {})
+        if "num_train_timesteps" in sched:      # a FlowMatchSchedule's config
+            sched["T"] = sched["num_train_timesteps"]
         names = {"scaled_linear": "linear", "cosine": "cosine"}
         if sched.get("name") and sched["name"] != schedule.name:
             out.append(f"{where}.params.beta_schedule is {names.get(schedule.name, schedule.name)!r} here but the "
@@ -153,12 +168,13 @@ def checkpoint_differences(unet_config: dict[str, Any], first_stage_config: dict
             out.append(f"{where}.params.timesteps is {schedule.num_train_timesteps} here but {sched['T']} in the "
                        "checkpoint")
         for key, sd_key in (("beta_start", "linear_start"), ("beta_end", "linear_end")):
-            if key in sched and key in schedule.params and not _same(schedule.params[key], sched[key]):
+            params = getattr(schedule, "params", {})
+            if key in sched and key in params and not _same(params[key], sched[key]):
                 out.append(f"{where}.params.{sd_key} is {schedule.params[key]!r} here but {sched[key]!r} in the "
                            "checkpoint")
         recorded_prediction = rec.get("prediction_type")
         if recorded_prediction and recorded_prediction != prediction_type:
-            sd = {"epsilon": "eps", "v_prediction": "v"}
+            sd = {"epsilon": "eps", "v_prediction": "v", FLOW_PREDICTION: "flow"}
             out.append(f"{where}.params.parameterization is {sd.get(prediction_type, prediction_type)!r} here but the "
                        f"U-Net predicts {sd.get(recorded_prediction, recorded_prediction)!r}")
         recorded_layer = rec.get("text_encoder_layer", (rec.get("training") or {}).get("text_encoder_layer", "last"))
@@ -292,6 +308,27 @@ def UNetModel(image_size: int, in_channels: int, out_channels: int, model_channe
     return unet.eval()
 
 
+def MMDiTModel(sample_size: int, patch_size: int, in_channels: int, out_channels: int, num_layers: int,  # noqa: N802
+               attention_head_dim: int, num_attention_heads: int, joint_attention_dim: int,
+               caption_projection_dim: int, pooled_projection_dim: int, pos_embed_max_size: int | None = None,
+               use_bf16: bool = False, ckpt_path: str | None = None, where: str = "unet_config") -> MMDiT:
+    """SD 3's multimodal diffusion transformer from the keys of diffusers' ``SD3Transformer2DModel`` config.
+
+    ``use_bf16`` is read by ``LatentDiffusion``. Defined in notebook 12_stable_diffusion_3.
+    """
+    try:
+        model = MMDiT(MMDiTConfig(sample_size=sample_size, patch_size=patch_size, in_channels=in_channels,
+                                  out_channels=out_channels, num_layers=num_layers,
+                                  attention_head_dim=attention_head_dim, num_attention_heads=num_attention_heads,
+                                  joint_attention_dim=joint_attention_dim,
+                                  caption_projection_dim=caption_projection_dim,
+                                  pooled_projection_dim=pooled_projection_dim, pos_embed_max_size=pos_embed_max_size))
+    except ValueError as e:
+        raise ConfigError(f"{where}.params cannot build an MMDiT: {e}") from e
+    _load_part(model, ckpt_path, where)
+    return model.eval()
+
+
 def AutoencoderKL(embed_dim: int, ddconfig: dict[str, Any], scale_factor: float = 0.18215,  # noqa: N802
                   ckpt_path: str | None = None, where: str = "first_stage_config") -> _AutoencoderKL:
     """The KL autoencoder from SD's ``first_stage_config`` keys (``ddconfig``: ch, ch_mult, z_channels, ...).
@@ -350,15 +387,18 @@ class FrozenCLIPEmbedder:
 
 
 def LatentDiffusion(unet_config: dict[str, Any], first_stage_config: dict[str, Any],  # noqa: N802
-                    cond_stage_config: dict[str, Any], linear_start: float, linear_end: float, timesteps: int,
-                    image_size: int, channels: int, scale_factor: float, parameterization: str = "eps",
+                    cond_stage_config: dict[str, Any], timesteps: int, image_size: int, channels: int,
+                    scale_factor: float, linear_start: float | None = None, linear_end: float | None = None,
+                    parameterization: str = "eps", shift: float = 1.0,
                     conditioning_key: str = "crossattn", beta_schedule: str = "linear",
                     use_bf16: bool | None = None, device: str | torch.device = "cpu", strict: bool = True,
                     where: str = "model") -> TextToImagePipeline:
     """The whole text-to-image model from SD's ``LatentDiffusion`` params (named after SD's class).
 
     SD's ``beta_schedule: linear`` is ``linspace(sqrt(start), sqrt(end), T) ** 2``, which diffusers
-    and the course call ``scaled_linear``. ``use_bf16`` (if given) overrides the U-Net config's.
+    and the course call ``scaled_linear``. ``parameterization: flow`` (notebook 12_stable_diffusion_3) is
+    a rectified-flow model: no betas, ``shift`` the default timestep shift of its Euler sampler.
+    ``use_bf16`` (if given) overrides the U-Net config's.
     The config is compared with what the checkpoints record (``checkpoint_differences``): any
     difference stops with a ``ConfigError`` listing them all, or with ``strict=False`` is warned as a
     ``ConfigMismatchWarning``. Defined in notebook 10_full_sampler.
@@ -369,11 +409,22 @@ def LatentDiffusion(unet_config: dict[str, Any], first_stage_config: dict[str, A
     kinds = {"linear": "scaled_linear", "cosine": "cosine"}
     if beta_schedule not in kinds:
         raise ConfigError(f"{where}.params.beta_schedule must be 'linear' (SD's) or 'cosine', got {beta_schedule!r}")
-    prediction = {"eps": "epsilon", "v": "v_prediction"}.get(parameterization)
+    prediction = {"eps": "epsilon", "v": "v_prediction", "flow": FLOW_PREDICTION}.get(parameterization)
     if prediction is None:
-        raise ConfigError(f"{where}.params.parameterization must be 'eps' or 'v', got {parameterization!r}")
-    schedule = (make_schedule("scaled_linear", timesteps, beta_start=linear_start, beta_end=linear_end)
-                if beta_schedule == "linear" else make_schedule("cosine", timesteps))
+        raise ConfigError(f"{where}.params.parameterization must be 'eps', 'v' or 'flow' (rectified flow, SD 3), "
+                          f"got {parameterization!r}")
+    schedule: NoiseSchedule | FlowMatchSchedule
+    if prediction == FLOW_PREDICTION:
+        try:
+            schedule = FlowMatchSchedule(num_train_timesteps=timesteps, shift=shift)
+        except ValueError as e:
+            raise ConfigError(f"{where}.params: {e}") from e
+    elif linear_start is None or linear_end is None:
+        raise ConfigError(f"{where}.params needs linear_start and linear_end (SD: 0.00085 and 0.0120) for "
+                          f"parameterization {parameterization!r}")
+    else:
+        schedule = (make_schedule("scaled_linear", timesteps, beta_start=linear_start, beta_end=linear_end)
+                    if beta_schedule == "linear" else make_schedule("cosine", timesteps))
 
     unet_params = _sub(unet_config, "params", f"{where}.params.unet_config")
     bf16 = bool(unet_params.get("use_bf16", False)) if use_bf16 is None else use_bf16

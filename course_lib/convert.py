@@ -507,6 +507,9 @@ def sampler_options(source: str | Path | Mapping[str, Any], sampler: str) -> dic
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; available samplers: {', '.join(available_samplers())}")
+    if sampler not in SCHEDULER_SETTINGS:
+        raise ValueError(f"{sampler!r} samples rectified-flow models (notebook 12); SD 1-2 folders take "
+                         f"{', '.join(available_samplers(flow=False))}")
     config = _scheduler_config(source)
     scheduler, defaults = SAMPLER_SCHEDULERS[sampler]
     where = "scheduler/scheduler_config.json"
@@ -658,7 +661,7 @@ def load_diffusers_pipeline(folder: str | Path, *, use_bf16: bool = False, devic
 
     # each sampler gets the folder's scheduler settings where it can follow them (see sampler_options)
     options: dict[str, dict[str, Any]] = {}
-    for name in available_samplers():
+    for name in available_samplers(flow=False):    # SD 1-2 folders: the samplers of noise-prediction models
         try:
             config = pipeline_scheduler_config(folder, name, warn=name == scheduler_sampler(folder))
             options[name] = sampler_options(config, name)

@@ -28,6 +28,7 @@ from .cli import HelpFormatter
 from .config import SHIPPED_CONFIG, ConfigMismatchWarning, build_from_config, load_config
 from .guidance import available_styles
 from .lora import apply_lora
+from .mmdit import MMDiT
 from .pipeline import GenerationSettings, load_image
 from .samplers import available_samplers
 from .shapeworld import caption_words
@@ -41,7 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("prompt", help='the prompt ("" for an unconditional sample)')
     p.add_argument("--negative", default=d.negative_prompt, help="negative prompt")
     p.add_argument("--style", default=d.style, choices=available_styles())
-    p.add_argument("--sampler", default=d.sampler, choices=available_samplers())
+    p.add_argument("--sampler", default=d.sampler, choices=available_samplers(),
+                   help="(default: the model's own: dpm-solver++, or flow-euler for a rectified-flow model such as "
+                        "configs/shapeworld-mmdit-flow.yaml)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--guidance", type=float, default=d.guidance_scale, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     path = result.save(args.out)
-    print(f"saved {len(result.images)} image(s) to {path} ({result.model_calls} U-Net calls, "
+    network = "MMDiT" if isinstance(pipe.unet, MMDiT) else "U-Net"
+    print(f"saved {len(result.images)} image(s) to {path} ({result.model_calls} {network} calls, "
           f"{result.seconds:.1f} s, {'bf16' if pipe.use_bf16 else 'fp32'})")
     return 0
 

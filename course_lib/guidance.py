@@ -112,7 +112,8 @@ def guided_model_fn(unet: Callable[..., torch.Tensor], context: torch.Tensor, un
     unconditional half is skipped (it would be multiplied by zero); otherwise both halves run as
     one batch of 2B, unconditional first, as diffusers does. ``context_mask``/``uncond_mask``
     (B, L): the tokens each prompt's cross-attention reads, for a U-Net trained with its padding
-    masked; then ``unet(x, t, context, context_mask)`` is called. Defined in notebook 09_text_conditioning.
+    masked; then ``unet(x, t, context, context_mask)`` is called. The same combination guides a
+    rectified-flow model's velocity (SD 3, notebook 12). Defined in notebook 09_text_conditioning.
     """
     scale = check_guidance_scale(guidance_scale)
     if context.shape != uncond_context.shape:

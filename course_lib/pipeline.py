@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from .clip import CLIPTextEncoder
 from .diffusion import check_prediction_type, q_sample
 from .guidance import apply_style, check_guidance_scale, guided_model_fn
-from .samplers import _randn_like, available_samplers, sample, sampler_timesteps
+from .mmdit import MMDiT
+from .rectified_flow import FLOW_PREDICTION, FlowMatchSchedule, flow_interpolate
+from .samplers import FLOW_SAMPLERS, _randn_like, available_samplers, sample, sampler_timesteps
 from .schedules import NoiseSchedule
 from .tokenizer import CLIPStyleTokenizer
 from .unet import UNet
@@ -51,7 +53,8 @@ class GenerationSettings:
 
     ``negative_prompt``: pushed away from by guidance ("" = the unconditional prompt);
     ``style``: a preset of ``guidance.STYLES``; ``sampler``/``steps``: any sampler of notebooks
-    06-07; ``guidance_scale``: 0 unconditional, 1 no guidance, larger follows the prompt harder;
+    06-07 (None: the pipeline's default, ``dpm-solver++``; a rectified-flow model's is ``flow-euler``);
+    ``guidance_scale``: 0 unconditional, 1 no guidance, larger follows the prompt harder;
     ``seed``: image ``i`` of a call starts from the noise of ``seed + i``, so an image can be
     remade alone; ``images_per_prompt``: how many images each prompt gets.
     ``strength`` (img2img and inpainting, notebook 13_beyond_text_to_image): how much of the sampler's
@@ -62,7 +65,7 @@ class GenerationSettings:
 
     negative_prompt: str = ""
     style: str = "none"
-    sampler: str = "dpm-solver++"
+    sampler: str | None = None
     steps: int = 20
     guidance_scale: float = 4.0
     seed: int = 0
@@ -71,7 +74,7 @@ class GenerationSettings:
 
     def validate(self, num_train_timesteps: int = 1000) -> None:
         """Raise a ``ValueError`` that names the wrong setting and what it should be."""
-        if self.sampler not in available_samplers():
+        if self.sampler is not None and self.sampler not in available_samplers():
             raise ValueError(f"unknown sampler {self.sampler!r}; available samplers: {', '.join(available_samplers())}")
         steps = self.steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_train_timesteps:
@@ -181,7 +184,9 @@ class TextToImagePipeline:
     ``tokenizer``/``text_encoder``: notebook 04's (or CLIP's); ``unet``: a conditional U-Net
     (notebook 03, ``cross_attention_dim`` = the text encoder's width); ``vae``: the autoencoder of
     notebook 08, whose ``config.scaling_factor`` scales the latents; ``schedule`` and
-    ``prediction_type``: what the U-Net was trained with. ``use_bf16`` runs the U-Net in bfloat16
+    ``prediction_type``: what the U-Net was trained with. The denoiser may also be notebook 12's ``MMDiT``
+    (SD 3's transformer), and the model a rectified-flow one: ``schedule`` a ``FlowMatchSchedule`` and
+    ``prediction_type="flow"``; its default sampler is then ``flow-euler``. ``use_bf16`` runs the U-Net in bfloat16
     (its activations and weights; the sampler's arithmetic stays float32), as SD's
     ``use_bf16: True`` does. ``device``: where the networks run. ``sampler_options``: per sampler
 name, keyword options for ``samplers.sample`` (notebook 11 passes a public checkpoint's scheduler
@@ -190,11 +195,15 @@ words, end) with the padding masked out of its cross-attention, as the course's 
 is; False (SD's way) feeds all 77 positions. Defined in notebook 10_full_sampler.
     """
 
-    def __init__(self, tokenizer: CLIPStyleTokenizer, text_encoder: CLIPTextEncoder, unet: UNet,
-                 vae: AutoencoderKL, schedule: NoiseSchedule, prediction_type: str = "epsilon", *,
+    def __init__(self, tokenizer: CLIPStyleTokenizer, text_encoder: CLIPTextEncoder, unet: UNet | MMDiT,
+                 vae: AutoencoderKL, schedule: NoiseSchedule | FlowMatchSchedule, prediction_type: str = "epsilon", *,
                  use_bf16: bool = False, device: str | torch.device = "cpu",
                  sampler_options: dict[str, dict] | None = None, mask_padding: bool = False):
-        check_prediction_type(prediction_type)
+        if isinstance(schedule, FlowMatchSchedule) != (prediction_type == FLOW_PREDICTION):
+            raise ValueError("a rectified-flow model needs both a FlowMatchSchedule and prediction_type='flow'; got "
+                             f"{type(schedule).__name__} with prediction_type={prediction_type!r}")
+        if prediction_type != FLOW_PREDICTION:
+            check_prediction_type(prediction_type)
         if unet.config.cross_attention_dim is None:
             raise ValueError("the U-Net has no cross-attention (cross_attention_dim=None): it cannot read a prompt; "
                              "build it with cross_attention_dim = the text encoder's hidden size")
@@ -207,6 +216,9 @@ is; False (SD's way) feeds all 77 positions. Defined in notebook 10_full_sampler
         if len(tokenizer) > text_encoder.config.vocab_size:
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the text encoder only "
                              f"{text_encoder.config.vocab_size} embeddings: they do not belong together")
+        if isinstance(unet, MMDiT) and not mask_padding:
+            raise ValueError("the MMDiT takes its pooled text vector at each prompt's end token, which it finds "
+                             "through the prompt mask: build the pipeline with mask_padding=True")
         self.device = torch.device(device)
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
@@ -219,6 +231,50 @@ is; False (SD's way) feeds all 77 positions. Defined in notebook 10_full_sampler
         # Per-sampler options for course_lib.samplers.sample (timestep spacing, ...), e.g. from
         # convert.sampler_options for a public checkpoint's scheduler config.
         self.sampler_options = {name: dict(opts) for name, opts in (sampler_options or {}).items()}
+
+    def with_checkpoint(self, checkpoint: object) -> TextToImagePipeline:
+        """This pipeline's tokenizer, text encoder and autoencoder with the denoiser of ``checkpoint`` (a
+        ``training.DiffusionCheckpoint``, e.g. ``load_diffusion_checkpoint("shapeworld_mmdit_flow")``), its
+        schedule and prediction type, its prompts fed as its training record says (``mask_padding``).
+        Defined in notebook 12_stable_diffusion_3."""
+        training = checkpoint.meta.get("config", {}).get("training", {})
+        return TextToImagePipeline(self.tokenizer, self.text_encoder, checkpoint.model, self.vae, checkpoint.schedule,
+                                   checkpoint.prediction_type, use_bf16=self.use_bf16, device=self.device,
+                                   mask_padding=bool(training.get("mask_padding", False)))
+
+    @property
+    def is_flow(self) -> bool:
+        """True for a rectified-flow model (notebook 12): only the flow samplers run it."""
+        return isinstance(self.schedule, FlowMatchSchedule)
+
+    @property
+    def samplers(self) -> list[str]:
+        """The samplers that can run this model."""
+        return available_samplers(flow=self.is_flow)
+
+    @property
+    def default_sampler(self) -> str:
+        """What a ``GenerationSettings`` with ``sampler=None`` runs: DPM-Solver++, or flow Euler for a flow model."""
+        return FLOW_SAMPLERS[0] if self.is_flow else "dpm-solver++"
+
+    def settings(self, settings: GenerationSettings | None = None, **overrides) -> GenerationSettings:
+        """``settings`` (or the defaults) with ``overrides``, checked, the sampler resolved to one that runs here."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(GenerationSettings)})
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(unknown)}; settings: "
+                            f"{', '.join(f.name for f in fields(GenerationSettings))}")
+        s = replace(settings or GenerationSettings(), **overrides)
+        s.validate(self.schedule.num_train_timesteps)
+        if s.sampler is None:
+            s = replace(s, sampler=self.default_sampler)
+        return s
+
+    def noised(self, latents: torch.Tensor, t: float, noise: torch.Tensor) -> torch.Tensor:
+        """Clean latents taken to the sampler's timestep ``t``: ``q_sample``, or for a flow model the point
+        ``(1 - sigma) x0 + sigma noise`` at sigma = t / T (diffusers' ``scale_noise``)."""
+        if self.is_flow:
+            return flow_interpolate(latents, noise, t / self.schedule.num_train_timesteps)
+        return q_sample(latents, int(t), noise, self.schedule)
 
     @property
     def use_bf16(self) -> bool:
@@ -271,12 +327,7 @@ is; False (SD's way) feeds all 77 positions. Defined in notebook 10_full_sampler
         in [0, 1], 1 = repaint: inpainting, the known region blended back after every step. See
         ``img2img_start``. Defined in notebook 13_beyond_text_to_image.
         """
-        unknown = sorted(set(overrides) - {f.name for f in fields(GenerationSettings)})
-        if unknown:
-            raise TypeError(f"unknown setting(s) {', '.join(unknown)}; settings: "
-                            f"{', '.join(f.name for f in fields(GenerationSettings))}")
-        s = replace(settings or GenerationSettings(), **overrides)
-        s.validate(self.schedule.num_train_timesteps)
+        s = self.settings(settings, **overrides)
         prompts = _as_list(prompt, "prompt")
         styled = [apply_style(p, s.negative_prompt, s.style) for p in prompts]
         prompts = [p for p, _ in styled for _ in range(s.images_per_prompt)]
@@ -360,7 +411,7 @@ is; False (SD's way) feeds all 77 positions. Defined in notebook 10_full_sampler
         Strength 0 returns start step ``steps`` (nothing to run: the reconstruction); a strength that
         runs no step otherwise is an error. Defined in notebook 13_beyond_text_to_image.
         """
-        s = settings
+        s = self.settings(settings)
         strength = s.strength if s.strength is not None else (0.8 if mask is None else 1.0)
         run = img2img_steps(s.steps, strength)
         if run == 0 and strength > 0:
@@ -389,14 +440,14 @@ is; False (SD's way) feeds all 77 positions. Defined in notebook 10_full_sampler
         if mask is not None and strength == 1:
             latents = noise
         else:
-            latents = q_sample(image_latents, t_start, noise, self.schedule)
+            latents = self.noised(image_latents, t_start, noise)
         if mask is None:
             return SamplingStart(latents, start_step, None, generators)
 
         repaint = self.latent_mask(mask)                                # (N, 1, H, W) -> (N, 1, h, w)
 
-        def blend(x: torch.Tensor, t_next: int | None) -> torch.Tensor:
-            known = image_latents if t_next is None else q_sample(image_latents, t_next, noise, self.schedule)
+        def blend(x: torch.Tensor, t_next: float | None) -> torch.Tensor:
+            known = image_latents if t_next is None else self.noised(image_latents, t_next, noise)
             return (1 - repaint) * known + repaint * x
 
         return SamplingStart(latents, start_step, blend, generators)

@@ -21,7 +21,13 @@ dpm-solver    DPM-Solver on the noise prediction, orders 1-3, multistep or      
               algorithm_type="dpmsolver")``
 dpm-solver++  DPM-Solver++ on the x0 prediction, 2M/3M (Lu et al. 2022b)            N
               = the same schedulers with ``algorithm_type="dpmsolver++"``
+flow-euler    Euler steps of a rectified-flow model's velocity (SD 3)               N
+              = ``FlowMatchEulerDiscreteScheduler``
 ============  ===================================================================  ==============
+
+The first five sample a model trained on a ``NoiseSchedule``; ``flow-euler`` samples a model trained
+with rectified flow (``schedule`` a ``rectified_flow.FlowMatchSchedule``; its ``model_fn(x, t)`` gets
+float timesteps ``sigma * 1000``). Each refuses the other kind of model.
 
 Defaults follow Stable Diffusion: DDIM and PLMS use "leading" timesteps with
 ``steps_offset=1`` (``[901, 801, ..., 1]`` for 10 steps) and step last to ``alphas_cumprod[0]``
@@ -32,7 +38,7 @@ Defaults follow Stable Diffusion: DDIM and PLMS use "leading" timesteps with
 instead; we follow diffusers.
 
 ``ddpm`` and ``ddim`` are defined in notebook 06_reverse_diffusion, ``plms`` and the
-DPM-Solvers in notebook 07_plms_and_dpm_solver.
+DPM-Solvers in notebook 07_plms_and_dpm_solver, ``flow-euler`` in notebook 12_stable_diffusion_3.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import numpy as np
 import torch
 
 from .diffusion import check_prediction_type, predict_eps, predict_x0
+from .rectified_flow import FLOW_PREDICTION, FlowMatchSchedule, check_shift
 from .schedules import NoiseSchedule, check_schedule
 from .utils import progress
 
@@ -65,6 +72,9 @@ __all__ = [
     "plms",
     "dpm_solver",
     "dpm_solver_pp",
+    "flow_euler",
+    "FlowDenoiser",
+    "FLOW_SAMPLERS",
     "karras_sigmas",
     "model_schedule_of",
 ]
@@ -647,6 +657,58 @@ def dpm_solver_pp(model: Denoiser, x: torch.Tensor, steps: int, *, order: int = 
 
 
 # ----------------------------------------------------------------------------------------------
+# Rectified flow (notebook 12_stable_diffusion_3)
+# ----------------------------------------------------------------------------------------------
+
+class FlowDenoiser(Denoiser):
+    """A rectified-flow model as the flow samplers see it: ``model_fn(x, sigma * T)`` returns the velocity.
+
+    The grid (``loop``, ``after_step``'s ``t_next``) holds the float timesteps ``sigma * T`` the model is
+    called at (``sampler_timesteps``), not integers; ``timesteps`` records the calls made.
+    Defined in notebook 12_stable_diffusion_3.
+    """
+
+    def __init__(self, model_fn: ModelFn, schedule: FlowMatchSchedule, record_trajectory: bool = False,
+                 show_progress: bool = False, start_step: int = 0, after_step: AfterStep | None = None):
+        super().__init__(model_fn, schedule, "epsilon", record_trajectory, show_progress, start_step, after_step)
+        self.prediction_type = FLOW_PREDICTION
+        self.grid: list[float] = []            # timesteps sigma * T
+
+    def output(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The velocity at (x, sigma): one model call with the timestep ``sigma * T``."""
+        t = sigma * self.schedule.num_train_timesteps
+        out = self.model_fn(x, torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device))   # t: (B,)
+        if not torch.is_tensor(out) or out.shape != x.shape:
+            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise ValueError(f"model_fn(x, t) returned {got} for x of shape {tuple(x.shape)}; a flow sampler "
+                             "needs a velocity of the same shape")
+        self.calls += 1
+        self.timesteps.append(t)
+        return out.to(x.dtype)
+
+    def loop(self, sigmas: Sequence[float], desc: str) -> Iterable[tuple[int, float]]:
+        """``enumerate(sigmas)`` from ``start_step`` on (the sigmas the model is called at, not the final 0)."""
+        self.grid = [float(s) * self.schedule.num_train_timesteps for s in sigmas]
+        todo = list(enumerate(float(s) for s in sigmas))[self.start_step:]
+        return progress(todo, desc=desc, total=len(todo), disable=None if self.show_progress else True)
+
+
+def flow_euler(model: FlowDenoiser, x: torch.Tensor, steps: int, *, shift: float | None = None) -> torch.Tensor:
+    """Euler's method on ``dx/dsigma = v(x, sigma)`` from sigma = 1 to 0: ``x <- x + (sigma_next - sigma) v``.
+
+    The grid is ``FlowMatchSchedule.sigmas(steps, shift)`` (``shift``: None takes the schedule's);
+    the same steps as diffusers' ``FlowMatchEulerDiscreteScheduler(shift=...)``.
+    Defined in notebook 12_stable_diffusion_3.
+    """
+    sigmas = model.schedule.sigmas(steps, shift)                        # (steps + 1,), ends at 0
+    for i, sigma in model.loop(sigmas[:-1].tolist(), "flow Euler"):
+        v = model.output(x, sigma)
+        x = x + (sigmas[i + 1] - sigmas[i]).item() * v                 # sigma_next < sigma: towards the data
+        x = model.end_step(x, i)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
 # The one interface
 # ----------------------------------------------------------------------------------------------
 
@@ -677,10 +739,14 @@ SAMPLERS: dict[str, SamplerInfo] = {
                               "DPM-Solver on the noise prediction"),
     "dpm-solver++": SamplerInfo(dpm_solver_pp, (1, 2, 3), 2, "07_plms_and_dpm_solver",
                                 "DPM-Solver++ on the x0 prediction"),
+    "flow-euler": SamplerInfo(flow_euler, (1,), 1, "12_stable_diffusion_3",
+                              "Euler on a rectified-flow model's velocity (SD 3)"),
 }
+#: The samplers of rectified-flow models (a ``FlowMatchSchedule``); the others need a ``NoiseSchedule``.
+FLOW_SAMPLERS = ("flow-euler",)
 
 
-def model_schedule_of(model_fn: object) -> NoiseSchedule | None:
+def model_schedule_of(model_fn: object) -> NoiseSchedule | FlowMatchSchedule | None:
     """The training schedule recorded on a model (``model.training_schedule``, set by the loaders of
     ``training``, ``config`` and ``convert``), looking through bound methods, ``functools.partial``,
     DDP's ``.module`` and ``torch.compile``'s ``_orig_mod``; None when the model does not say.
@@ -693,13 +759,14 @@ def model_schedule_of(model_fn: object) -> NoiseSchedule | None:
             continue
         seen.add(id(obj))
         found = getattr(obj, "training_schedule", None)
-        if isinstance(found, NoiseSchedule):
+        if isinstance(found, NoiseSchedule | FlowMatchSchedule):
             return found
         todo += [getattr(obj, name, None) for name in ("__self__", "func", "module", "_orig_mod")]
     return None
 
 
-def sampler_timesteps(sampler: str, schedule: NoiseSchedule, steps: int, **sampler_options) -> list[int]:
+def sampler_timesteps(sampler: str, schedule: NoiseSchedule | FlowMatchSchedule, steps: int,
+                      **sampler_options) -> list[int] | list[float]:
     """The timesteps (descending) at which ``sampler`` evaluates the model for ``steps`` steps, with
     its default options or ``sampler_options``: the grid that ``sample``'s ``start_step`` indexes
     (diffusers' ``scheduler.timesteps``; PLMS's list there repeats its second timestep, this grid
@@ -713,6 +780,9 @@ def sampler_timesteps(sampler: str, schedule: NoiseSchedule, steps: int, **sampl
         raise TypeError(f"sampler {sampler!r} has no option(s) {', '.join(unknown)}")
     opts = {name: p.default for name, p in params.items() if p.kind is p.KEYWORD_ONLY} | sampler_options
     T = schedule.num_train_timesteps
+    if sampler in FLOW_SAMPLERS:     # float timesteps sigma * T, as FlowMatchEulerDiscreteScheduler.timesteps
+        _check_model_kind(sampler, schedule)
+        return (schedule.sigmas(steps, opts["shift"])[:-1] * T).tolist()
     if sampler in ("ddpm", "ddim", "plms"):
         return make_timesteps(T, steps, opts["timestep_spacing"], opts["steps_offset"])
     if opts.get("use_karras_sigmas"):
@@ -720,13 +790,30 @@ def sampler_timesteps(sampler: str, schedule: NoiseSchedule, steps: int, **sampl
     return dpm_solver_timesteps(T, steps, opts["timestep_spacing"], opts["steps_offset"])
 
 
-def available_samplers() -> list[str]:
-    """The names ``sample`` accepts. Defined in notebook 06_reverse_diffusion."""
-    return list(SAMPLERS)
+def _check_model_kind(sampler: str, schedule: object) -> None:
+    """A flow sampler needs a rectified-flow model and the others a noise-schedule model: a clear error otherwise."""
+    flow = isinstance(schedule, FlowMatchSchedule)
+    if sampler in FLOW_SAMPLERS and not flow:
+        raise ValueError(f"sampler {sampler!r} integrates the velocity of a rectified-flow model (SD 3, notebook 12), "
+                         f"but this model was trained on a noise schedule ({schedule!r}); use one of "
+                         f"{', '.join(n for n in SAMPLERS if n not in FLOW_SAMPLERS)}")
+    if flow and sampler not in FLOW_SAMPLERS:
+        raise ValueError(f"this model was trained with rectified flow (it predicts the velocity noise - x0, not the "
+                         f"noise), so the {sampler!r} sampler cannot run it; use sampler={FLOW_SAMPLERS[0]!r}")
+    if not flow and not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule (or a FlowMatchSchedule for a rectified-flow model), got "
+                        f"{type(schedule).__name__}; build one with course_lib.schedules.make_schedule")
 
 
-def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sampler: str = "ddim",
-           steps: int = 20, *, prediction_type: str = "epsilon",
+def available_samplers(flow: bool | None = None) -> list[str]:
+    """The names ``sample`` accepts: all of them, or with ``flow=False`` those for a model trained on a
+    noise schedule, with ``flow=True`` those for a rectified-flow model (notebook 12).
+    Defined in notebook 06_reverse_diffusion."""
+    return [n for n in SAMPLERS if flow is None or (n in FLOW_SAMPLERS) == flow]
+
+
+def sample(model_fn: ModelFn, schedule: NoiseSchedule | FlowMatchSchedule, x_T: torch.Tensor,
+           sampler: str = "ddim", steps: int = 20, *, prediction_type: str | None = None,
            generator: torch.Generator | Sequence[torch.Generator] | None = None,
            eta: float = 0.0, order: int | None = None, return_trajectory: bool = False,
            model_schedule: NoiseSchedule | int | None = None, show_progress: bool = False,
@@ -741,7 +828,9 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sample
     without it: sampling it with another schedule is an error.
     ``x_T``: the starting noise, float, (B, ...) (all samplers here start from unit variance).
     ``sampler``: one of ``available_samplers()``; ``steps``: solver steps (N).
-    ``prediction_type``: what the model predicts: "epsilon", "v_prediction" or "sample".
+    ``prediction_type``: what the model predicts: "epsilon" (None: the default), "v_prediction" or
+    "sample"; for a rectified-flow model (``schedule`` a ``FlowMatchSchedule``, notebook 12) "flow" (the
+    default there), with ``sampler="flow-euler"`` and its option ``shift``.
     ``generator``: for the noise of ddpm and ddim with ``eta > 0`` (a list: one generator per batch
     row, as diffusers' lists of generators). ``order``: for the
     DPM-Solvers (1, 2, 3; default 2). ``sampler_options``: timestep spacing and similar, see
@@ -761,13 +850,25 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sample
         raise ValueError(f"unknown sampler {sampler!r}; available samplers: "
                          f"{', '.join(available_samplers())}")
     info = SAMPLERS[sampler]
-    if not isinstance(schedule, NoiseSchedule):
-        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}; "
-                        "build one with course_lib.schedules.make_schedule")
     if model_schedule is None:
         model_schedule = model_schedule_of(model_fn)
-    if model_schedule is not None:
+    if isinstance(model_schedule, NoiseSchedule | FlowMatchSchedule):
+        _check_model_kind(sampler, model_schedule)      # the model's own kind first: the clearer message
+    _check_model_kind(sampler, schedule)
+    flow = isinstance(schedule, FlowMatchSchedule)
+    if flow:
+        T_model = getattr(model_schedule, "num_train_timesteps", model_schedule)
+        if T_model is not None and T_model != schedule.num_train_timesteps:
+            raise ValueError(f"the model takes timesteps sigma * {T_model}, the schedule gives sigma * "
+                             f"{schedule.num_train_timesteps}; sample with the model's own schedule")
+        if prediction_type not in (None, FLOW_PREDICTION):
+            raise ValueError(f"a rectified-flow model predicts the velocity (prediction_type={FLOW_PREDICTION!r}), "
+                             f"got prediction_type={prediction_type!r}")
+        if "shift" in sampler_options and sampler_options["shift"] is not None:
+            check_shift(sampler_options["shift"])
+    elif model_schedule is not None:
         check_schedule(model_schedule, schedule)
+    prediction_type = prediction_type or ("epsilon" if not flow else FLOW_PREDICTION)
     if not torch.is_tensor(x_T) or not torch.is_floating_point(x_T):
         got = f"a tensor of dtype {x_T.dtype}" if torch.is_tensor(x_T) else type(x_T).__name__
         raise TypeError(f"x_T must be a floating-point tensor of starting noise, got {got}; "
@@ -781,7 +882,8 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sample
     if not isinstance(start_step, numbers.Integral) or isinstance(start_step, bool) or not 0 <= start_step < steps:
         raise ValueError(f"start_step must be an int from 0 to steps - 1 = {steps - 1} (the first step to run), "
                          f"got {start_step!r}")
-    check_prediction_type(prediction_type)
+    if not flow:
+        check_prediction_type(prediction_type)
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable as model_fn(x, t), got {type(model_fn).__name__}")
 
@@ -804,8 +906,12 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, sample
     if "generator" in params:
         kwargs["generator"] = generator
 
-    model = Denoiser(model_fn, schedule, prediction_type, record_trajectory=return_trajectory,
-                     show_progress=show_progress, start_step=int(start_step), after_step=after_step)
+    if flow:
+        model = FlowDenoiser(model_fn, schedule, record_trajectory=return_trajectory, show_progress=show_progress,
+                             start_step=int(start_step), after_step=after_step)
+    else:
+        model = Denoiser(model_fn, schedule, prediction_type, record_trajectory=return_trajectory,
+                         show_progress=show_progress, start_step=int(start_step), after_step=after_step)
     model.record(x_T)
     with torch.no_grad():
         x = info.fn(model, x_T, steps, **kwargs)

@@ -48,6 +48,8 @@ from .distributed import (
     resolve_precision,
     training_context,
 )
+from .mmdit import MMDiT, MMDiTConfig
+from .rectified_flow import FLOW_PREDICTION, FlowMatchSchedule, flow_matching_loss
 from .schedules import NoiseSchedule, make_schedule
 from .training_state import (
     check_same_config,
@@ -87,7 +89,8 @@ class TrainingConfig:
     of ``warmup_steps``; gradients clipped to norm ``grad_clip`` (None: no clipping);
     ``ema_decay`` (None: no EMA) for the moving average of the weights; ``prediction_type``:
     what the network learns to output, ``"epsilon"`` (SD 1.x) or ``"v_prediction"`` (SD 2.x "-v"
-    models); ``seed`` fixes the batches, timesteps and noise. ``lr_schedule``: after the warm-up,
+    models) or ``"flow"`` (the rectified-flow velocity of SD 3, notebook 12, with a ``FlowMatchSchedule``);
+    ``seed`` fixes the batches, timesteps and noise. ``lr_schedule``: after the warm-up,
     ``"constant"`` keeps ``lr`` (the default), ``"cosine"`` lowers it along a half cosine to 0 at the last
     step (``lr_factor_at``), so the final weights settle instead of hovering at the noise level of ``lr``.
     """
@@ -120,7 +123,8 @@ class TrainingConfig:
                              f"got {self.ema_decay!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"TrainingConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        check_prediction_type(self.prediction_type)
+        if self.prediction_type != FLOW_PREDICTION:
+            check_prediction_type(self.prediction_type)
         if self.prediction_type == "sample":
             raise ValueError("train_diffusion_model trains 'epsilon' or 'v_prediction' models; "
                              "'sample' (x0) prediction is not supported here")
@@ -234,7 +238,8 @@ def _to(value: Any, device: torch.device, part: slice | None = None, n: int | No
     return value
 
 
-def _sliced_diffusion_loss(net: nn.Module, x0: torch.Tensor, schedule: NoiseSchedule, prediction_type: str,
+def _sliced_diffusion_loss(net: nn.Module, x0: torch.Tensor, schedule: NoiseSchedule | FlowMatchSchedule,
+                           prediction_type: str,
                            g: torch.Generator, model_kwargs: dict[str, Any], part: slice,
                            device: torch.device) -> torch.Tensor:
     """``diffusion_loss`` on this process's rows of a global batch: the timesteps and noise of the *whole*
@@ -244,6 +249,12 @@ def _sliced_diffusion_loss(net: nn.Module, x0: torch.Tensor, schedule: NoiseSche
         raise TypeError("the batch function must return a floating-point tensor x0 with a batch dimension first, "
                         f"got {type(x0).__name__}")
     n = x0.shape[0]
+    if isinstance(schedule, FlowMatchSchedule):
+        sigma = schedule.draw_training_sigmas(n, g)
+        noise = torch.randn(x0.shape, generator=g, device=g.device, dtype=x0.dtype)
+        return flow_matching_loss(net, x0[part].to(device), sigma[part].to(device), noise[part].to(device),
+                                  schedule.num_train_timesteps,
+                                  **{k: _to(v, device, part, n) for k, v in model_kwargs.items()})
     t = torch.randint(0, schedule.num_train_timesteps, (n,), generator=g, device=g.device)
     noise = torch.randn(x0.shape, generator=g, device=g.device, dtype=x0.dtype)
     x0, t, noise = x0[part].to(device), t[part].to(device), noise[part].to(device)
@@ -254,7 +265,7 @@ def _sliced_diffusion_loss(net: nn.Module, x0: torch.Tensor, schedule: NoiseSche
     return F.mse_loss(out, training_target(x0, noise, t, schedule, prediction_type))
 
 
-def training_run_config(model: nn.Module, schedule: NoiseSchedule, config: TrainingConfig,
+def training_run_config(model: nn.Module, schedule: NoiseSchedule | FlowMatchSchedule, config: TrainingConfig,
                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What must be equal for a run to resume another: the training settings (all but ``steps``, which may
     grow, except under a ``"cosine"`` ``lr_schedule``), the model's configuration, the noise schedule
@@ -267,8 +278,9 @@ def training_run_config(model: nn.Module, schedule: NoiseSchedule, config: Train
         del training["lr_schedule"]
     else:                                  # a decaying schedule is tied to the run's length
         training["steps"] = config.steps
-    sched = {"name": schedule.name, "T": schedule.num_train_timesteps,
-             "betas_sum": round(float(schedule.betas.double().sum()), 12)}
+    sched = schedule.config() if isinstance(schedule, FlowMatchSchedule) else {
+        "name": schedule.name, "T": schedule.num_train_timesteps,
+        "betas_sum": round(float(schedule.betas.double().sum()), 12)}
     return {"training": training, "model": describe_model(model), "schedule": sched, "extra": extra or {}}
 
 
@@ -313,7 +325,7 @@ def _load_state(folder: str | Path, model: nn.Module, ema: nn.Module | None, opt
     return state.step
 
 
-def train_diffusion_model(model: nn.Module, data: torch.Tensor | BatchFn, schedule: NoiseSchedule,
+def train_diffusion_model(model: nn.Module, data: torch.Tensor | BatchFn, schedule: NoiseSchedule | FlowMatchSchedule,
                           config: TrainingConfig | None = None, *, max_seconds: float | None = None,
                           show_progress: bool = True, log_every: int = 50,
                           distributed: DistributedContext | None = None, precision: str = "fp32",
@@ -324,7 +336,9 @@ def train_diffusion_model(model: nn.Module, data: torch.Tensor | BatchFn, schedu
 
     ``data``: training images ``(N, C, H, W)`` (shuffled into epochs), or a function
     ``(batch_size, generator) -> x0`` or ``-> (x0, model_kwargs)`` (for conditional models).
-    ``schedule``: the noise schedule (keep it with the model: ``save_diffusion_checkpoint``).
+    ``schedule``: the noise schedule (keep it with the model: ``save_diffusion_checkpoint``), or for
+    rectified flow (notebook 12_stable_diffusion_3, ``config.prediction_type="flow"``) a
+    ``FlowMatchSchedule``: each step then draws logit-normal sigmas and learns the velocity.
     ``config``: a :class:`TrainingConfig`. ``max_seconds``: stop early when this much time has
     passed (the result says how many steps were taken). Batches, timesteps and noise all come
     from one generator seeded with ``config.seed``. Defined in notebook 06_reverse_diffusion.
@@ -342,9 +356,13 @@ def train_diffusion_model(model: nn.Module, data: torch.Tensor | BatchFn, schedu
     config.validate()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module called as model(x_t, t), got {type(model).__name__}")
-    if not isinstance(schedule, NoiseSchedule):
-        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}; "
-                        "build one with course_lib.schedules.make_schedule")
+    flow = isinstance(schedule, FlowMatchSchedule)
+    if not flow and not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule (or a FlowMatchSchedule for rectified flow), got "
+                        f"{type(schedule).__name__}; build one with course_lib.schedules.make_schedule")
+    if flow != (config.prediction_type == FLOW_PREDICTION):
+        raise ValueError("rectified flow needs both a FlowMatchSchedule and prediction_type='flow'; got "
+                         f"{type(schedule).__name__} with prediction_type={config.prediction_type!r}")
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be a positive int (steps) or None, got {checkpoint_every!r}")
     if checkpoint_every is not None and checkpoint_dir is None:
@@ -354,7 +372,10 @@ def train_diffusion_model(model: nn.Module, data: torch.Tensor | BatchFn, schedu
     precision = resolve_precision(precision, device)
     next_batch = _batch_source(data, config.batch_size)
     g = torch.Generator().manual_seed(config.seed)
-    net = ctx.wrap(model) if world > 1 else model   # DDP: weights broadcast from rank 0 here
+    # DDP: weights broadcast from rank 0 here. The MMDiT's last block computes text queries it never uses
+    # (as diffusers' does, so that SD 3's weights load): those two parameters get no gradient.
+    net = ctx.wrap(model, **({"find_unused_parameters": True} if isinstance(model, MMDiT) else {})) \
+        if world > 1 else model
 
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor_at(step, config))
@@ -376,7 +397,13 @@ def train_diffusion_model(model: nn.Module, data: torch.Tensor | BatchFn, schedu
         batch = next_batch(config.batch_size, g)
         x0, model_kwargs = batch if isinstance(batch, tuple) else (batch, {})
         with autocast(device, precision):
-            if world == 1:
+            if world == 1 and flow:
+                sigma = schedule.draw_training_sigmas(len(x0), g)           # (B,), then the noise, as the
+                noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype)   # sliced loss draws them
+                loss = flow_matching_loss(net, x0.to(device), sigma.to(device), noise.to(device),
+                                          schedule.num_train_timesteps,
+                                          **{k: _to(v, device) for k, v in model_kwargs.items()})
+            elif world == 1:
                 loss = diffusion_loss(net, x0.to(device), schedule, config.prediction_type, generator=g,
                                       **{k: _to(v, device) for k, v in model_kwargs.items()})
             else:
@@ -433,11 +460,14 @@ def train_diffusion_model(model: nn.Module, data: torch.Tensor | BatchFn, schedu
     return result
 
 
-def schedule_config(schedule: NoiseSchedule) -> dict[str, Any]:
-    """The JSON description of a named schedule, from which ``make_schedule(**...)`` rebuilds it.
+def schedule_config(schedule: NoiseSchedule | FlowMatchSchedule) -> dict[str, Any]:
+    """The JSON description of a named schedule, from which ``make_schedule(**...)`` rebuilds it
+    (a ``FlowMatchSchedule``: its ``config()``).
 
     Defined in notebook 06_reverse_diffusion.
     """
+    if isinstance(schedule, FlowMatchSchedule):
+        return schedule.config()
     if schedule.name not in ("linear", "scaled_linear", "cosine"):
         raise ValueError(f"only named schedules can be stored with a checkpoint, got {schedule!r}; "
                          "build it with course_lib.schedules.make_schedule")
@@ -448,28 +478,34 @@ def schedule_config(schedule: NoiseSchedule) -> dict[str, Any]:
 class DiffusionCheckpoint:
     """A loaded diffusion model with everything a sampler needs to use it correctly.
 
-    ``model``: the network (eval mode); ``schedule``: its training noise schedule;
-    ``prediction_type``: what it outputs; ``meta``: the stored config, command and metrics.
+    ``model``: the network (eval mode; a ``UNet``, or an ``MMDiT`` from notebook 12); ``schedule``: its
+    training noise schedule (a ``FlowMatchSchedule`` for rectified flow); ``prediction_type``: what it
+    outputs; ``meta``: the stored config, command and metrics.
     Defined in notebook 06_reverse_diffusion.
     """
 
     model: nn.Module
-    schedule: NoiseSchedule
+    schedule: NoiseSchedule | FlowMatchSchedule
     prediction_type: str
     meta: dict[str, Any]
 
 
-def save_diffusion_checkpoint(model: UNet, name: str, schedule: NoiseSchedule, prediction_type: str, *,
-                              command: str | None = None, metrics: dict[str, Any] | None = None,
-                              training: dict[str, Any] | None = None, folder: str | None = None) -> None:
-    """Store a ``UNet`` with its config, noise schedule and prediction type (safetensors + JSON).
-
-    Defined in notebook 06_reverse_diffusion.
+def save_diffusion_checkpoint(model: UNet | MMDiT, name: str, schedule: NoiseSchedule | FlowMatchSchedule,
+                              prediction_type: str, *, command: str | None = None,
+                              metrics: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
+                              folder: str | None = None) -> None:
+    """Store a ``UNet`` (or notebook 12's ``MMDiT``) with its config, noise schedule and prediction type
+    (safetensors + JSON). Defined in notebook 06_reverse_diffusion.
     """
-    if not isinstance(model, UNet):
-        raise TypeError(f"save_diffusion_checkpoint stores a course_lib.unet.UNet, got {type(model).__name__}")
-    check_prediction_type(prediction_type)
-    config = {"unet": asdict(model.config), "schedule": schedule_config(schedule),
+    if not isinstance(model, UNet | MMDiT):
+        raise TypeError(f"save_diffusion_checkpoint stores a course_lib UNet or MMDiT, got {type(model).__name__}")
+    if (prediction_type == FLOW_PREDICTION) != isinstance(schedule, FlowMatchSchedule):
+        raise ValueError("a rectified-flow model is stored with a FlowMatchSchedule and prediction_type='flow'; got "
+                         f"{type(schedule).__name__} with {prediction_type!r}")
+    if prediction_type != FLOW_PREDICTION:
+        check_prediction_type(prediction_type)
+    kind = "unet" if isinstance(model, UNet) else "mmdit"
+    config = {kind: asdict(model.config), "schedule": schedule_config(schedule),
               "prediction_type": prediction_type, "training": training or {}}
     save_checkpoint(model, name, config=config, folder=folder, command=command, metrics=metrics)
 
@@ -487,12 +523,16 @@ def load_diffusion_checkpoint(name: str, folder: str | None = None,
     """
     state, meta = load_weights(name, folder)
     config = meta["config"]
-    if not {"unet", "schedule", "prediction_type"} <= set(config):
+    if not {"schedule", "prediction_type"} <= set(config) or not {"unet", "mmdit"} & set(config):
         raise ValueError(f"checkpoint {name!r} was not stored by save_diffusion_checkpoint (its config has "
                          f"{sorted(config)}); load it with course_lib.checkpoints.load_checkpoint")
-    model = UNet(_unet_config(config["unet"]))
+    model = UNet(_unet_config(config["unet"])) if "unet" in config else MMDiT(MMDiTConfig(**config["mmdit"]))
     load_state_dict_checked(model, state, what=f"checkpoint {name!r}")
     sched = dict(config["schedule"])
-    schedule = make_schedule(sched.pop("name"), sched.pop("T"), **sched)
+    if sched.get("name") == FlowMatchSchedule.name:
+        sched.pop("name")
+        schedule = FlowMatchSchedule(**sched)
+    else:
+        schedule = make_schedule(sched.pop("name"), sched.pop("T"), **sched)
     model.training_schedule = schedule      # samplers.sample refuses another schedule for this model
     return DiffusionCheckpoint(model.to(map_location).eval(), schedule, config["prediction_type"], meta)

@@ -21,7 +21,6 @@ import torch
 
 from .guidance import available_styles
 from .pipeline import GenerationSettings, TextToImagePipeline
-from .samplers import available_samplers
 
 __all__ = ["GeneratorUI", "make_generator", "MASK_PRESETS", "mask_preset"]
 
@@ -104,7 +103,7 @@ def make_generator(pipe: TextToImagePipeline, prompt: str = "a red circle above 
         prompt=w.Text(value=prompt, description="prompt", style=style, layout=wide),
         negative_prompt=w.Text(value=d.negative_prompt, description="negative prompt", style=style, layout=wide),
         style=w.Dropdown(options=available_styles(), value=d.style, description="style", style=style),
-        sampler=w.Dropdown(options=available_samplers(), value=d.sampler, description="sampler", style=style),
+        sampler=w.Dropdown(options=pipe.samplers, value=pipe.default_sampler, description="sampler", style=style),
         steps=w.IntSlider(value=d.steps, min=1, max=100, description="steps", style=style),
         guidance_scale=w.FloatSlider(value=d.guidance_scale, min=0.0, max=15.0, step=0.5, description="guidance",
                                      style=style),

@@ -3,6 +3,11 @@
     python scripts/train_text_to_image.py                       # the shipped checkpoint (see its .json)
     python scripts/train_text_to_image.py --steps 100 --name scratch --folder /tmp/ckpt   # a quick try
 
+SD 3's recipe (notebook 12_stable_diffusion_3): ``--objective flow`` trains with rectified flow
+(logit-normal sigmas, the velocity target) and ``--model mmdit`` trains the multimodal diffusion
+transformer instead of the U-Net; configs/train/shapeworld_{mmdit_flow,unet_flow,unet_ddpm_budget}.yaml
+are notebook 12's side-by-side runs, all three given the same ``--max-minutes`` on one thread.
+
 Stable Diffusion's recipe at the course's scale (the same code as notebook 09): ShapeWorld
 training-split images are encoded once by the frozen autoencoder of notebook 08 (scaled latents,
 8x8x4), captions by the frozen CLIP text encoder of notebook 04 ((B, 77, 64) last hidden state),
@@ -31,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from course_lib.cli import HelpFormatter  # noqa: E402
 from course_lib.clip_training import load_shipped_clip  # noqa: E402
 from course_lib.distributed import distributed_run, resolve_precision  # noqa: E402
+from course_lib.mmdit import MMDiT, MMDiTConfig  # noqa: E402
+from course_lib.rectified_flow import FLOW_PREDICTION, FlowMatchSchedule  # noqa: E402
 from course_lib.run_config import add_runtime_arguments, parse_args  # noqa: E402
 from course_lib.schedules import make_schedule  # noqa: E402
 from course_lib.text_to_image_training import (  # noqa: E402
@@ -53,7 +60,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.995)
     p.add_argument("--images", type=int, default=60000, help="training images, encoded once to latents")
-    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="block_out_channels")
+    p.add_argument("--model", choices=["unet", "mmdit"], default="unet",
+                   help="the denoiser: the course's U-Net, or SD 3's multimodal diffusion transformer")
+    p.add_argument("--objective", choices=["ddpm", "flow"], default="ddpm",
+                   help="ddpm: predict the noise on SD's scaled-linear schedule; flow: rectified flow (SD 3)")
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="U-Net: block_out_channels")
+    p.add_argument("--patch-size", type=int, default=2, help="MMDiT: latent pixels per patch side")
+    p.add_argument("--layers", type=int, default=4, help="MMDiT: joint transformer blocks")
+    p.add_argument("--heads", type=int, default=4, help="MMDiT: attention heads")
+    p.add_argument("--head-dim", type=int, default=32, help="MMDiT: channels per head (width = heads * head_dim)")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--mask-padding", action=argparse.BooleanOptionalAction, default=True,
                    help="the U-Net reads only each caption's own tokens, the padding masked out of its "
@@ -81,13 +96,26 @@ def main(argv: list[str] | None = None) -> None:
         data = LatentCaptionData.from_shapeworld(vae, args.images, seed=TRAIN_SEED)
         ctx.print(f"encoded {len(data)} training images to latents {tuple(data.latents.shape[1:])} in "
                   f"{time.time() - start:.0f} s", flush=True)
-        schedule = make_schedule("scaled_linear")
-        unet = UNet(t2i_unet_config(context_dim=text.context_dim, block_out_channels=tuple(args.channels)))
+        flow = args.objective == "flow"
+        schedule = FlowMatchSchedule() if flow else make_schedule("scaled_linear")
+        prediction = FLOW_PREDICTION if flow else "epsilon"
+        if args.model == "unet":
+            unet = UNet(t2i_unet_config(context_dim=text.context_dim, block_out_channels=tuple(args.channels)))
+        else:
+            if not args.mask_padding:
+                raise SystemExit("--model mmdit reads its pooled text vector at each caption's end token, which "
+                                 "needs the caption mask: leave --mask-padding on")
+            c = text.context_dim
+            unet = MMDiT(MMDiTConfig(sample_size=data.latents.shape[-1], patch_size=args.patch_size,
+                                     in_channels=data.latents.shape[1], out_channels=data.latents.shape[1],
+                                     num_layers=args.layers, attention_head_dim=args.head_dim,
+                                     num_attention_heads=args.heads, joint_attention_dim=c,
+                                     caption_projection_dim=args.heads * args.head_dim, pooled_projection_dim=c))
         unet = unet.to(ctx.device)
-        ctx.print(f"U-Net: {count_parameters(unet):,} parameters; {schedule}; {ctx.world_size} process(es) on "
-                  f"{ctx.device}", flush=True)
+        ctx.print(f"{type(unet).__name__}: {count_parameters(unet):,} parameters; {schedule}; "
+                  f"{ctx.world_size} process(es) on {ctx.device}", flush=True)
         config = TrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=200,
-                                ema_decay=args.ema_decay, prediction_type="epsilon", seed=args.seed)
+                                ema_decay=args.ema_decay, prediction_type=prediction, seed=args.seed)
         start = time.time()
         result = train_diffusion_model(unet, data.batches(text, args.caption_dropout), schedule, config,
                                        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
@@ -106,9 +134,13 @@ def main(argv: list[str] | None = None) -> None:
 
         channels = " ".join(map(str, args.channels))
         launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
+        sizes = (f"--channels {channels}" if args.model == "unet" else
+                 f"--model mmdit --patch-size {args.patch_size} --layers {args.layers} --heads {args.heads} "
+                 f"--head-dim {args.head_dim}")
         command = (f"{launcher} scripts/train_text_to_image.py --steps {result.steps} --batch-size {args.batch_size} "
-                   f"--lr {args.lr} --ema-decay {args.ema_decay} --images {args.images} --channels {channels} "
-                   f"--caption-dropout {args.caption_dropout} --seed {args.seed}"
+                   f"--lr {args.lr} --ema-decay {args.ema_decay} --images {args.images} {sizes} "
+                   + ("--objective flow " if flow else "")
+                   + f"--caption-dropout {args.caption_dropout} --seed {args.seed}"
                    + ("" if args.mask_padding else " --no-mask-padding")
                    + ("" if precision == "fp32" else f" --precision {precision}"))
         single_cpu = ctx.world_size == 1 and ctx.device.type == "cpu" and precision == "fp32"
@@ -124,12 +156,13 @@ def main(argv: list[str] | None = None) -> None:
                                       // ctx.world_size, "replica_difference": result.replica_difference,
                                       "resumed_from_step": result.start_step}
         training = {"steps": result.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 200,
+                    "objective": args.objective,
                     "ema_decay": args.ema_decay, "grad_clip": config.grad_clip, "seed": args.seed,
                     "caption_dropout": args.caption_dropout, "mask_padding": args.mask_padding,
                     "data": f"{args.images} ShapeWorld train-split images (seeds from {TRAIN_SEED}), latents of "
                             "the shipped autoencoder, captions through the shipped CLIP text encoder",
                     "weights": "EMA"}
-        save_diffusion_checkpoint(result.ema, args.name, schedule, "epsilon", command=command, metrics=metrics,
+        save_diffusion_checkpoint(result.ema, args.name, schedule, prediction, command=command, metrics=metrics,
                                   training=training, folder=args.folder)
         print(f"saved {args.name} (EMA weights); reproduce with: {command}")
 

@@ -29,7 +29,7 @@ def _help(*cmd: str) -> str:
 def test_generate_help_shows_the_defaults():
     text = _help("-m", "course_lib.generate")
     d = GenerationSettings()
-    for expected in (f"--steps STEPS (default: {d.steps})", f"(default: {d.sampler})",
+    for expected in (f"--steps STEPS (default: {d.steps})", "(default: the model's own: dpm-solver++, or flow-euler",
                      f"--seed SEED (default: {d.seed})",
                      f"classifier-free guidance scale (default: {d.guidance_scale})",
                      f"--num-images NUM_IMAGES (default: {d.images_per_prompt})", "(default: out.png)",

@@ -259,7 +259,7 @@ def test_plms_combine_is_the_same_for_epsilon_models(model, schedule, x_T):
 
 def test_model_calls_and_trajectory(model, schedule, x_T):
     expected_calls = {"ddpm": 7, "ddim": 7, "plms": 8, "dpm-solver": 7, "dpm-solver++": 7}
-    for name in available_samplers():
+    for name in available_samplers(flow=False):
         res = sample(model, schedule, x_T, name, 7, return_trajectory=True, generator=torch.Generator())
         assert res.model_calls == expected_calls[name] == len(res.timesteps), name
         assert len(res.trajectory) == 8, name                                   # x_T and one x per step
@@ -279,7 +279,9 @@ def test_generator_controls_the_noise(model, schedule, x_T):
 
 
 def test_registry():
-    assert available_samplers() == ["ddpm", "ddim", "plms", "dpm-solver", "dpm-solver++"]
+    assert available_samplers(flow=False) == ["ddpm", "ddim", "plms", "dpm-solver", "dpm-solver++"]
+    assert available_samplers(flow=True) == ["flow-euler"]
+    assert available_samplers() == [*available_samplers(flow=False), "flow-euler"]
     assert SAMPLERS["dpm-solver++"].orders == (1, 2, 3)
     assert "final_sigmas_type" in SAMPLERS["dpm-solver++"].options and "method" in SAMPLERS["dpm-solver"].options
     assert SAMPLERS["ddim"].options == ["timestep_spacing", "steps_offset", "set_alpha_to_one", "clip_sample",

@@ -661,7 +661,7 @@ from course_lib.samplers import available_samplers
 
 def make_sampler_explorer(panel=sampler_panel):
     """A sampler menu and a steps slider; every change redraws `panel(sampler, steps)`."""
-    menu = widgets.Dropdown(options=available_samplers(), value="dpm-solver++", description="sampler")
+    menu = widgets.Dropdown(options=available_samplers(flow=False), value="dpm-solver++", description="sampler")
     steps = widgets.IntSlider(value=10, min=1, max=50, description="steps", continuous_update=False)
     out = widgets.Output()
 
