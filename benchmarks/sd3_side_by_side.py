@@ -14,7 +14,7 @@ unet_flow}.yaml``: 20 minutes on one CPU thread each):
 
 and, for reference, the shipped U-Net of notebooks 09-10 (the DDPM recipe given 75 minutes on two
 threads). Each configuration draws one image for each of ``--n`` captions per split at each number of
-steps, with guidance 4, and is measured with the course's judges (``course_lib.prompt_eval``):
+steps, with guidance 4 (or the guidance its label names), and is measured with the course's judges (``course_lib.prompt_eval``):
 adherence overall and exact, and the Frechet distance on the attribute network's features beside its
 real-versus-real floor. Each row also records what the model's training gave: its steps, images per
 second and parameters, from the checkpoint's JSON.
@@ -40,15 +40,19 @@ from course_lib.utils import count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# (label, checkpoint in data/, sampler, sampler options)
+# (label, checkpoint in data/, sampler, sampler options, guidance scale: None = --guidance)
 CONFIGURATIONS = [
     ("U-Net + DDPM, DDIM (trailing)", "shapeworld_unet_ddpm_20min", "ddim",
-     {"timestep_spacing": "trailing", "steps_offset": 0}),
-    ("U-Net + DDPM, DPM-Solver++", "shapeworld_unet_ddpm_20min", "dpm-solver++", {}),
-    ("MMDiT + flow, Euler", "shapeworld_mmdit_flow", "flow-euler", {}),
-    ("MMDiT + flow, Euler shift 3", "shapeworld_mmdit_flow", "flow-euler", {"shift": 3.0}),
-    ("U-Net + flow, Euler", "shapeworld_unet_flow", "flow-euler", {}),
-    ("shipped U-Net + DDPM (75 min, 2 threads), DPM-Solver++", "shapeworld_t2i_unet", "dpm-solver++", {}),
+     {"timestep_spacing": "trailing", "steps_offset": 0}, None),
+    ("U-Net + DDPM, DPM-Solver++", "shapeworld_unet_ddpm_20min", "dpm-solver++", {}, None),
+    ("MMDiT + flow, Euler", "shapeworld_mmdit_flow", "flow-euler", {}, None),
+    ("MMDiT + flow, Euler shift 3", "shapeworld_mmdit_flow", "flow-euler", {"shift": 3.0}, None),
+    ("U-Net + flow, Euler", "shapeworld_unet_flow", "flow-euler", {}, None),
+    ("shipped U-Net + DDPM (75 min, 2 threads), DPM-Solver++", "shapeworld_t2i_unet", "dpm-solver++", {}, None),
+    # guidance 2: the flow models overshoot at 4 Euler steps with guidance 4 (notebook 12, section 5)
+    ("U-Net + DDPM, DPM-Solver++, guidance 2", "shapeworld_unet_ddpm_20min", "dpm-solver++", {}, 2.0),
+    ("MMDiT + flow, Euler, guidance 2", "shapeworld_mmdit_flow", "flow-euler", {}, 2.0),
+    ("U-Net + flow, Euler, guidance 2", "shapeworld_unet_flow", "flow-euler", {}, 2.0),
 ]
 
 
@@ -79,32 +83,33 @@ def main(argv: list[str] | None = None) -> None:
         old = json.loads(out.read_text())
         keep = [r for r in old["rows"] if not any(r["configuration"].startswith(o) for o in args.only)]
         rows.extend(keep)
-        models.update({k: v for k, v in old.get("models", {}).items() if any(r["checkpoint"] == k for r in keep)})
         result["command"] = old["command"]
         result["merged_with"] = [*old.get("merged_with", []), "python benchmarks/sd3_side_by_side.py "
                                  + shlex.join(sys.argv[1:] if argv is None else argv)]
     print(f"{'configuration':44s} {'steps':>5s} {'split':8s} {'overall':>7s} {'exact':>6s} {'Frechet':>8s} "
           f"{'floor':>6s} {'sec':>5s}")
-    for label, name, sampler, options in CONFIGURATIONS:
-        if args.only and not any(label.startswith(o) for o in args.only):
-            continue
+    for name in dict.fromkeys(c[1] for c in CONFIGURATIONS):     # what each run's training gave, from its JSON
         ck = load_diffusion_checkpoint(name)
-        pipe = base.with_checkpoint(ck)
-        pipe.sampler_options = {sampler: dict(options)}
         metrics = ck.meta.get("metrics", {})
         models[name] = {"denoiser": type(ck.model).__name__, "parameters": count_parameters(ck.model),
-                        "objective": "rectified flow" if pipe.is_flow else ck.prediction_type,
-                        "train_steps": metrics.get("steps"), "train_minutes": metrics.get("train_minutes"),
+                        "objective": ck.prediction_type, "train_steps": metrics.get("steps"),
+                        "train_minutes": metrics.get("train_minutes"),
                         "images_per_second": metrics.get("images_per_second"), "threads": metrics.get("threads"),
                         "command": ck.meta.get("command")}
+    for label, name, sampler, options, guidance in CONFIGURATIONS:
+        if args.only and not any(label.startswith(o) for o in args.only):
+            continue
+        pipe = base.with_checkpoint(load_diffusion_checkpoint(name))
+        pipe.sampler_options = {sampler: dict(options)}
         for steps in args.steps:
             for split in args.splits:
                 start = time.time()
+                scale = args.guidance if guidance is None else guidance
                 ev = evaluate_prompts(pipe, args.n, split, GenerationSettings(sampler=sampler, steps=steps,
-                                                                              guidance_scale=args.guidance))
+                                                                              guidance_scale=scale))
                 a, d = ev.adherence, ev.distances
                 row = {"configuration": label, "checkpoint": name, "sampler": sampler, "options": options,
-                       "steps": steps, "split": split, "overall": a["overall"], "exact": a["exact"],
+                       "guidance": scale, "steps": steps, "split": split, "overall": a["overall"], "exact": a["exact"],
                        "Frechet": d["Frechet"], "Frechet floor": d["Frechet floor"],
                        "seconds": round(time.time() - start, 1)}
                 rows.append(row)

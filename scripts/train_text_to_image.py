@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                    + ("--objective flow " if flow else "")
                    + f"--caption-dropout {args.caption_dropout} --seed {args.seed}"
                    + ("" if args.mask_padding else " --no-mask-padding")
+                   + ("" if args.name == SHIPPED_T2I_UNET else f" --name {args.name}")
                    + ("" if precision == "fp32" else f" --precision {precision}"))
         single_cpu = ctx.world_size == 1 and ctx.device.type == "cpu" and precision == "fp32"
         metrics = {"steps": result.steps, "epochs": round(result.images / len(data), 2),
