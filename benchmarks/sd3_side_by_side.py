@@ -14,10 +14,10 @@ unet_flow}.yaml``: 20 minutes on one CPU thread each):
 
 and, for reference, the shipped U-Net of notebooks 09-10 (the DDPM recipe given 75 minutes on two
 threads). Each configuration draws one image for each of ``--n`` captions per split at each number of
-steps, with guidance 4 (or the guidance its label names), and is measured with the course's judges (``course_lib.prompt_eval``):
-adherence overall and exact, and the Frechet distance on the attribute network's features beside its
-real-versus-real floor. Each row also records what the model's training gave: its steps, images per
-second and parameters, from the checkpoint's JSON.
+steps, with guidance 4 (or the guidance its label names), and is measured with the course's judges
+(``course_lib.prompt_eval``): adherence overall and exact, and the Frechet distance on the attribute
+network's features beside its real-versus-real floor. The file also records what each model's training
+gave: its steps, images per second and parameters, from the checkpoint's JSON.
 """
 
 from __future__ import annotations

@@ -160,7 +160,12 @@ def checkpoint_differences(unet_config: dict[str, Any], first_stage_config: dict
         if "num_train_timesteps" in sched:      # a FlowMatchSchedule's config
             sched["T"] = sched["num_train_timesteps"]
         names = {"scaled_linear": "linear", "cosine": "cosine"}
-        if sched.get("name") and sched["name"] != schedule.name:
+        if FlowMatchSchedule.name in (sched.get("name"), schedule.name) and sched.get("name") != schedule.name:
+            here, there = ("with rectified flow (parameterization: flow)" if name == FlowMatchSchedule.name
+                           else "on a noise schedule" for name in (schedule.name, sched.get("name")))
+            out.append(f"{where}.params.parameterization: the config builds a model {here} but the checkpoint was "
+                       f"trained {there}")
+        elif sched.get("name") and sched["name"] != schedule.name:
             out.append(f"{where}.params.beta_schedule is {names.get(schedule.name, schedule.name)!r} here but the "
                        "U-Net "
                        f"was trained with {names.get(sched['name'], sched['name'])!r}")
@@ -389,7 +394,7 @@ class FrozenCLIPEmbedder:
 def LatentDiffusion(unet_config: dict[str, Any], first_stage_config: dict[str, Any],  # noqa: N802
                     cond_stage_config: dict[str, Any], timesteps: int, image_size: int, channels: int,
                     scale_factor: float, linear_start: float | None = None, linear_end: float | None = None,
-                    parameterization: str = "eps", shift: float = 1.0,
+                    parameterization: str = "eps", shift: float | None = None,
                     conditioning_key: str = "crossattn", beta_schedule: str = "linear",
                     use_bf16: bool | None = None, device: str | torch.device = "cpu", strict: bool = True,
                     where: str = "model") -> TextToImagePipeline:
@@ -415,10 +420,16 @@ def LatentDiffusion(unet_config: dict[str, Any], first_stage_config: dict[str, A
                           f"got {parameterization!r}")
     schedule: NoiseSchedule | FlowMatchSchedule
     if prediction == FLOW_PREDICTION:
+        if linear_start is not None or linear_end is not None:
+            raise ConfigError(f"{where}.params: linear_start and linear_end describe a noise schedule, which a "
+                              "rectified-flow model (parameterization: flow) does not have; remove them")
         try:
-            schedule = FlowMatchSchedule(num_train_timesteps=timesteps, shift=shift)
+            schedule = FlowMatchSchedule(num_train_timesteps=timesteps, shift=1.0 if shift is None else shift)
         except ValueError as e:
             raise ConfigError(f"{where}.params: {e}") from e
+    elif shift is not None:
+        raise ConfigError(f"{where}.params.shift is the timestep shift of a rectified-flow model's sampler; "
+                          f"parameterization {parameterization!r} has none: remove it, or use parameterization: flow")
     elif linear_start is None or linear_end is None:
         raise ConfigError(f"{where}.params needs linear_start and linear_end (SD: 0.00085 and 0.0120) for "
                           f"parameterization {parameterization!r}")

@@ -6,8 +6,8 @@ Instead of a U-Net, SD3 cuts the latent into patches and runs a plain transforme
     context (B, L, joint_attention_dim) --context_embedder--> text tokens (B, L, D)
     t, pooled text vector --time_text_embed--> temb (B, D)
     transformer_blocks: each stream has its own weights, but one attention runs over [image, text]
-        tokens together; temb shifts, scales and gates every sub-layer (adaLN-Zero); the last
-        block updates only the image tokens
+        tokens together; temb shifts, scales and gates every sub-layer (adaLN: diffusers'
+        AdaLayerNormZero, default init); the last block updates only the image tokens
     norm_out (modulated by temb), proj_out, unpatchify -> prediction (B, out_channels, H, W)
 
 Parameter names equal diffusers' ``SD3Transformer2DModel`` (SD 3.0: no qk-norm, no dual attention), so its
@@ -118,7 +118,7 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int, base_size: int | None = 
     Row-major like the tokens. The first D/2 features encode the patch's column (x), the last D/2 its row (y),
     each as ``[sin(pos * w), cos(pos * w)]`` with D/4 frequencies ``w = 10000**(-k/(D/4))``; positions are
     ``index * base_size / grid_size / interpolation_scale``. Equal to diffusers' ``get_2d_sincos_pos_embed``
-    (in float32). Defined in notebook 12_stable_diffusion_3.
+    (in float32). Part of notebook 12_stable_diffusion_3's MMDiT (described there, not built separately).
     """
     if embed_dim % 4 != 0:
         raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 (sin and cos for each of two axes)")
@@ -194,7 +194,8 @@ class AdaLayerNormZero(nn.Module):
 
 class AdaLayerNormContinuous(nn.Module):
     """``norm(x) * (1 + scale) + shift`` with ``scale, shift = linear(silu(cond))`` (in that order, unlike
-    adaLN-Zero's shift first); ``norm_out`` and the last block's text norm. Defined in notebook 12_stable_diffusion_3.
+    adaLN-Zero's shift first); ``norm_out`` and the last block's text norm. Part of notebook
+    12_stable_diffusion_3's MMDiT (described there, not built separately).
     """
 
     def __init__(self, dim: int, cond_dim: int):
@@ -298,7 +299,8 @@ class TimeTextEmbedding(nn.Module):
     """``temb = timestep_embedder(sincos(t, 256)) + text_embedder(pooled)``: ``(B,), (B, P) -> (B, D)``.
 
     Both are linear, SiLU, linear (diffusers' text one, ``PixArtAlphaTextProjection``, has the same parameters).
-    Equal to diffusers' ``CombinedTimestepTextProjEmbeddings``. Defined in notebook 12_stable_diffusion_3.
+    Equal to diffusers' ``CombinedTimestepTextProjEmbeddings``. Part of notebook 12_stable_diffusion_3's MMDiT
+    (described there, not built separately).
     """
 
     def __init__(self, dim: int, pooled_dim: int):
@@ -314,7 +316,8 @@ class TimeTextEmbedding(nn.Module):
 def pooled_from_context(context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
     """Each row's state at its last unmasked position (the end token: the course's CLIP pooled output).
 
-    ``context (B, L, C)``, ``context_mask (B, L)`` -> ``(B, C)``. Defined in notebook 12_stable_diffusion_3.
+    ``context (B, L, C)``, ``context_mask (B, L)`` -> ``(B, C)``. Part of notebook 12_stable_diffusion_3's MMDiT
+    (described there, not built separately).
     """
     positions = torch.arange(context.shape[1], device=context.device)
     last = torch.where(context_mask.bool(), positions, -1).amax(dim=1)          # (B,)

@@ -779,9 +779,9 @@ def sampler_timesteps(sampler: str, schedule: NoiseSchedule | FlowMatchSchedule,
     if unknown:
         raise TypeError(f"sampler {sampler!r} has no option(s) {', '.join(unknown)}")
     opts = {name: p.default for name, p in params.items() if p.kind is p.KEYWORD_ONLY} | sampler_options
+    _check_model_kind(sampler, schedule)
     T = schedule.num_train_timesteps
     if sampler in FLOW_SAMPLERS:     # float timesteps sigma * T, as FlowMatchEulerDiscreteScheduler.timesteps
-        _check_model_kind(sampler, schedule)
         return (schedule.sigmas(steps, opts["shift"])[:-1] * T).tolist()
     if sampler in ("ddpm", "ddim", "plms"):
         return make_timesteps(T, steps, opts["timestep_spacing"], opts["steps_offset"])
@@ -816,7 +816,7 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule | FlowMatchSchedule, x_T: 
            sampler: str = "ddim", steps: int = 20, *, prediction_type: str | None = None,
            generator: torch.Generator | Sequence[torch.Generator] | None = None,
            eta: float = 0.0, order: int | None = None, return_trajectory: bool = False,
-           model_schedule: NoiseSchedule | int | None = None, show_progress: bool = False,
+           model_schedule: NoiseSchedule | FlowMatchSchedule | int | None = None, show_progress: bool = False,
            refused: str | None = None, start_step: int = 0, after_step: AfterStep | None = None,
            **sampler_options) -> SampleResult:
     """Run a sampler from the noise ``x_T`` to a sample; one interface for every sampler.
@@ -850,12 +850,19 @@ def sample(model_fn: ModelFn, schedule: NoiseSchedule | FlowMatchSchedule, x_T: 
         raise ValueError(f"unknown sampler {sampler!r}; available samplers: "
                          f"{', '.join(available_samplers())}")
     info = SAMPLERS[sampler]
+    if not isinstance(schedule, NoiseSchedule | FlowMatchSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule (or a FlowMatchSchedule for a rectified-flow model), got "
+                        f"{type(schedule).__name__}; build one with course_lib.schedules.make_schedule")
     if model_schedule is None:
         model_schedule = model_schedule_of(model_fn)
-    if isinstance(model_schedule, NoiseSchedule | FlowMatchSchedule):
-        _check_model_kind(sampler, model_schedule)      # the model's own kind first: the clearer message
-    _check_model_kind(sampler, schedule)
     flow = isinstance(schedule, FlowMatchSchedule)
+    if isinstance(model_schedule, NoiseSchedule | FlowMatchSchedule) and isinstance(model_schedule,
+                                                                                     FlowMatchSchedule) != flow:
+        raise ValueError(("this model was trained with rectified flow, but schedule= is a NoiseSchedule; pass its "
+                          f"FlowMatchSchedule and sampler={FLOW_SAMPLERS[0]!r}") if not flow else
+                         ("this model was trained on a noise schedule, but schedule= is a FlowMatchSchedule; pass "
+                          "its NoiseSchedule and a sampler such as 'dpm-solver++'"))
+    _check_model_kind(sampler, schedule)
     if flow:
         T_model = getattr(model_schedule, "num_train_timesteps", model_schedule)
         if T_model is not None and T_model != schedule.num_train_timesteps:

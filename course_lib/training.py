@@ -126,7 +126,7 @@ class TrainingConfig:
         if self.prediction_type != FLOW_PREDICTION:
             check_prediction_type(self.prediction_type)
         if self.prediction_type == "sample":
-            raise ValueError("train_diffusion_model trains 'epsilon' or 'v_prediction' models; "
+            raise ValueError("train_diffusion_model trains 'epsilon', 'v_prediction' or 'flow' models; "
                              "'sample' (x0) prediction is not supported here")
 
 
@@ -372,8 +372,8 @@ def train_diffusion_model(model: nn.Module, data: torch.Tensor | BatchFn, schedu
     precision = resolve_precision(precision, device)
     next_batch = _batch_source(data, config.batch_size)
     g = torch.Generator().manual_seed(config.seed)
-    # DDP: weights broadcast from rank 0 here. The MMDiT's last block computes text queries it never uses
-    # (as diffusers' does, so that SD 3's weights load): those two parameters get no gradient.
+    # DDP: weights broadcast from rank 0 here. The MMDiT's last block keeps text-query weights it never uses
+    # (add_q_proj, so that SD 3's weights load): those two parameters get no gradient.
     net = ctx.wrap(model, **({"find_unused_parameters": True} if isinstance(model, MMDiT) else {})) \
         if world > 1 else model
 

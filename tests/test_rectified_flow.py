@@ -178,3 +178,31 @@ def test_flow_training_needs_both_schedule_and_prediction_type():
     with pytest.raises(ValueError, match="needs both a FlowMatchSchedule and prediction_type='flow'"):
         train_diffusion_model(model, torch.randn(32, 2), make_schedule("linear"),
                               TrainingConfig(steps=1, batch_size=8, prediction_type="flow"))
+
+
+def test_sliced_flow_loss_is_the_single_process_loss():
+    """Under torchrun each process draws the whole global batch's sigmas and noise and keeps its slice, so
+    the mean of the slices' losses is the single-process loss of the same generator state."""
+    from course_lib.training import _sliced_diffusion_loss
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 8), torch.nn.Unflatten(1, (2, 2, 2)))
+    model = lambda x, t: net(x) * (1 + t[:, None, None, None] / 1000)   # noqa: E731
+    x0, schedule = torch.randn(6, 2, 2, 2), FlowMatchSchedule()
+    g = torch.Generator().manual_seed(4)
+    sigma, noise = schedule.draw_training_sigmas(6, g), torch.randn(x0.shape, generator=g)
+    whole = flow_matching_loss(model, x0, sigma, noise)
+    halves = [_sliced_diffusion_loss(model, x0, schedule, "flow", torch.Generator().manual_seed(4), {}, part,
+                                     torch.device("cpu")) for part in (slice(0, 3), slice(3, 6))]
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
+
+
+def test_mismatched_schedules_name_the_fix():
+    v = _toy_velocity()
+    x = torch.randn(2, 6)
+    with pytest.raises(ValueError, match="trained on a noise schedule, but schedule= is a FlowMatchSchedule"):
+        sample(v, FlowMatchSchedule(), x, "flow-euler", 4, model_schedule=make_schedule("linear"))
+    with pytest.raises(TypeError, match="schedule must be a NoiseSchedule"):
+        sample(v, "rectified flow", x, "flow-euler", 4)
+    with pytest.raises(ValueError, match="trained with rectified flow"):
+        sampler_timesteps("ddim", FlowMatchSchedule(), 10)

@@ -58,11 +58,41 @@ def test_config_must_match_the_checkpoint():
         build_from_config(config)
     config = load_config(FLOW_CONFIG)
     config["model"]["params"]["parameterization"] = "eps"
-    with pytest.raises(ConfigError, match="linear_start"):
+    del config["model"]["params"]["shift"]
+    with pytest.raises(ConfigError, match="needs linear_start and linear_end"):
         build_from_config(config)
     config = load_config(FLOW_CONFIG)
     config["model"]["params"]["shift"] = 0
     with pytest.raises(ConfigError, match="shift must be a number > 0"):
+        build_from_config(config)
+
+
+def test_flow_inpainting_keeps_the_known_region(flow_pipe):
+    image = flow_pipe("a red circle above a blue square", steps=4, show_progress=False).images
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., :16, :] = 1                                            # repaint the top half
+    out = flow_pipe("a green circle above a blue square", init_image=image, mask=mask, steps=6, seed=3,
+                    show_progress=False)
+    keep = 1 - flow_pipe.latent_mask(mask).cpu()
+    known = flow_pipe.encode(image, [torch.Generator().manual_seed(3)]).cpu()
+    torch.testing.assert_close(out.latents * keep, known * keep)      # after the last step: the clean latents
+    assert (out.latents - known).abs().mul(1 - keep).amax() > 0.1     # and the masked half was repainted
+
+
+def test_flow_config_refuses_settings_of_the_other_kind():
+    config = load_config(FLOW_CONFIG)
+    config["model"]["params"]["linear_start"] = 0.00085
+    with pytest.raises(ConfigError, match="linear_start and linear_end describe a noise schedule"):
+        build_from_config(config)
+    config = load_config(ROOT / "configs" / "shapeworld-inference.yaml")
+    config["model"]["params"]["shift"] = 3.0
+    with pytest.raises(ConfigError, match="shift is the timestep shift of a rectified-flow model"):
+        build_from_config(config)
+    config = load_config(ROOT / "configs" / "shapeworld-unet-flow.yaml")
+    config["model"]["params"].update(parameterization="eps", linear_start=0.00085, linear_end=0.012)
+    config["model"]["params"].pop("shift")
+    with pytest.raises(ConfigError, match="builds a model on a noise schedule but the checkpoint was trained "
+                                          "with rectified flow"):
         build_from_config(config)
 
 

@@ -253,7 +253,8 @@ print("at 4 steps the flow model covers at least 10 more modes than either DDPM 
 
 # %% [markdown]
 # At 4 steps the flow model already finds most of the 25 modes while both DDPM samplers find none;
-# from 8 steps on all are close, and with many steps the two models reach similar quality. A
+# from 8 steps on every sampler covers all 25, the flow model's samples being the most precise at
+# 8, and at 16 steps DPM-Solver++ and the flow model are level. A
 # straighter ODE is cheaper to solve, which is what SD 3 exploits at 28 steps and its distilled
 # successors at 1 to 4.
 
@@ -361,7 +362,7 @@ print("text stream by hand == library:", torch.allclose(txt_out, lib_txt, atol=1
 # ### adaLN: the timestep and the pooled prompt steer every layer
 # There is no cross-attention to inject the timestep. Instead the timestep's sinusoidal embedding
 # (notebook 03) and the **pooled** text vector (the text encoder's state at the end token, CLIP's
-# summary of the whole prompt) are summed into one vector `temb`, and each block turns it into a
+# summary of the whole prompt) each pass through a small MLP and are summed into one vector `temb`, and each block turns it into a
 # *shift*, a *scale* and a *gate* for each sub-layer: `h + gate * f(LayerNorm(h) * (1 + scale) + shift)`.
 # DiT called it adaLN-Zero because it initialises the gates to zero, so that each block starts as
 # the identity; `diffusers`' SD 3 model (and the course's) keeps PyTorch's default initialisation.
@@ -468,7 +469,7 @@ plt.show()
 # %%
 # NBVAL_CHECK_OUTPUT
 bench = json.loads((ROOT / "benchmarks" / "results" / "sd3_side_by_side.json").read_text())
-print(bench["command"], *bench.get("merged_with", []), sep="\n")
+print(bench["command"], *dict.fromkeys(bench.get("merged_with", [])), sep="\n")   # the runs merged into it
 print(bench["machine"], "| guidance", bench["guidance"], "unless the label says | captions per split",
       bench["n_per_split"])
 table: dict[tuple[str, int], dict[str, dict]] = {}
@@ -492,6 +493,7 @@ for conf in dict.fromkeys(c for c, _ in table):
 for ax, key in zip(axes, ("adherence, seen pairs", "Frechet distance, seen pairs (lower is better)"), strict=True):
     ax.set_xscale("log")
     ax.set_xticks([4, 8, 20], ["4", "8", "20"])
+    ax.minorticks_off()
     ax.set_xlabel("sampling steps")
     ax.set_title(key, fontsize=9)
 axes[1].set_yscale("log")
@@ -545,29 +547,31 @@ for i, (level, t_match) in enumerate(zip(flow_levels.tolist(), ddpm_t, strict=Tr
 # from the tables above:
 #
 # - **Rectified flow beats DDPM on the same U-Net.** At 8 and 20 steps with guidance 4, the U-Net
-#   trained with flow follows the seen captions 0.86-0.87 of the time against 0.72-0.74 with DDPM,
-#   and the held-out pairs 0.68-0.69 against 0.56-0.59, with images closer to real ones on the
-#   held-out pairs (Frechet 5.4-5.5 against 5.7-6.9) and a little further on the seen ones (2.4-2.6
-#   against 2.2-2.5). With guidance 2 the gap holds at every step count, 4 included.
+#   trained with flow follows the seen captions 0.86-0.87 of the time against 0.71-0.74 with DDPM
+#   (DDIM or DPM-Solver++), and the held-out pairs 0.68-0.69 against 0.56-0.59, with images closer
+#   to real ones on the held-out pairs (Frechet 5.4-5.5 against 5.7-6.9) and a little further on the
+#   seen ones than DPM-Solver++'s (2.4-2.6 against 2.2-2.5). With guidance 2 it leads at every step
+#   count, 4 included; at 4 steps with guidance 4 it does not (see the third point).
 # - **The transformer is not what wins.** At 8 and 20 steps the MMDiT with flow beats the U-Net
-#   with DDPM on adherence and has the best Frechet distance on seen pairs (1.7-1.8), but it trails
-#   the U-Net with the same objective on overall adherence (0.82-0.83 against 0.86-0.87 seen, 0.63
-#   against 0.68-0.69 held-out; on exact seen captions it is slightly ahead, 0.79-0.80 against
-#   0.76-0.78) and has the worst Frechet distance on held-out pairs (7.6): it generalises less to
-#   colour-shape pairs it never saw. It had
+#   with DDPM on adherence and has the best Frechet distance on seen pairs of the 20-minute runs
+#   (1.7-1.8), but it trails the U-Net with the same objective on overall adherence (0.82-0.83
+#   against 0.86-0.87 seen, 0.63 against 0.68-0.69 held-out), while it is ahead on *exact* captions
+#   (seen 0.79-0.80 against 0.76-0.78, held-out 0.58-0.59 against 0.49-0.50), and its held-out
+#   images are the furthest from real ones (Frechet 7.6-7.7). It is no better overall. It had
 #   the advantage of speed: with only 16 image tokens it trained at 369 images/s against the U-Nets'
 #   260-289 (the U-Net runs differ by 11% from sharing the machine), so it saw 28-42% more images in
 #   its 20 minutes. A likely reason, not measured here: a transformer lacks the convolution's built-in
 #   assumption that neighbouring pixels belong together and has to learn it from data. The SD 3
 #   paper compares the architectures at up to 8 billion parameters and far longer training.
-# - **Few steps need less guidance with flow.** With guidance 4, four Euler steps break both flow
-#   models (0.30 and 0.58 on seen captions); with guidance 2 they lead at four steps (0.77 and 0.85
-#   against DDPM's 0.69). An Euler step moves the image a quarter of the way along the guided
+# - **Few steps need less guidance with flow.** With guidance 4, four Euler steps break the MMDiT
+#   (0.30 on seen captions) and cost the U-Net with flow its lead (0.58 against DDPM's 0.60); with
+#   guidance 2 both flow models lead at four steps (0.77 and 0.85 against DDPM's 0.69). An Euler step moves the image a quarter of the way along the guided
 #   velocity $v_u + w(v_c - v_u)$ at once, and with $w = 4$ that extrapolation overshoots. SD 3's
 #   shift of 3 makes four steps worse still here (0.12): it is meant for images with far more pixels.
 # - **Why flow helps: the noisy end.** In the last table the three networks guess the clean latent
-#   about equally well below $\sigma = 0.5$. From $\sigma = 0.8$ up the noise-predicting U-Net's
-#   guess is much worse (at $\sigma = 0.9$: 0.39 against 0.23): its $\hat\epsilon$ is divided by
+#   about equally well at low noise; the gap grows with $\sigma$, and from $\sigma = 0.9$ the noise-predicting U-Net's
+#   guess is much worse (at $\sigma = 0.9$: 0.39 against 0.23, at the end 0.73 against 0.25; the U-Net
+#   with flow is also about 20% better already at $\sigma$ = 0.35-0.5): its $\hat\epsilon$ is divided by
 #   $\alpha_t$, which is tiny there, and SD's schedule stops short of pure noise (its last timestep
 #   sits at $\sigma \approx 0.94$ in flow terms, so the noisiest row uses $t = 999$, the schedule's end). The
 #   noisy steps are where a scene's layout, colours and positions are decided, which is what the
@@ -582,7 +586,7 @@ for i, (level, t_match) in enumerate(zip(flow_levels.tolist(), ddpm_t, strict=Tr
 # Nothing in the pipeline is specific to the U-Net or to noise prediction: it asks the model for a
 # prediction, guides it, and hands it to a sampler. A rectified-flow model is a
 # `FlowMatchSchedule` with `prediction_type="flow"`; its default sampler is `flow-euler`, and the
-# epsilon samplers refuse it. `configs/shapeworld-mmdit-flow.yaml` describes the MMDiT the way
+# samplers of noise-schedule models refuse it. `configs/shapeworld-mmdit-flow.yaml` describes the MMDiT the way
 # `configs/shapeworld-inference.yaml` describes the U-Net (`parameterization: flow`, `shift`, and
 # `diffusers`' `SD3Transformer2DModel` keys under `unet_config`):
 
@@ -630,27 +634,27 @@ for extra in ([], ["--init-image", "/tmp/nb12_flow.png", "--strength", "0.5"]):
 #   attention with separate weights, and steers every layer by the timestep and the pooled prompt
 #   (adaLN). The course's `MMDiT` loads `SD3Transformer2DModel`'s weights unchanged and gives the same
 #   output (`tests/test_mmdit.py` checks every part).
-# * For the same 20 minutes on ShapeWorld, rectified flow beat DDPM on the same U-Net at every step
-#   count (at 20 steps, guidance 4: 0.87 against 0.74 on seen captions); the transformer with flow
-#   beat the U-Net with DDPM but not the U-Net with flow. The flow models need less guidance at 4
-#   steps. Where flow gains is the noisy end of the path, where an $\epsilon$-predictor's guess of the
+# * For the same 20 minutes on ShapeWorld, rectified flow beat DDPM on the same U-Net at 8 and 20
+#   steps, and at every step count with guidance 2 (at 20 steps, guidance 4: 0.87 against 0.74 on
+#   seen captions); at 8 and 20 steps the transformer with flow beat the U-Net with DDPM but not the
+#   U-Net with flow. The flow models need less guidance at 4 steps. Where flow gains is the noisy end of the path, where an $\epsilon$-predictor's guess of the
 #   image is poor.
 # * A flow model is one more kind of model for the same pipeline: `FlowMatchSchedule`,
 #   `prediction_type="flow"`, the `flow-euler` sampler, `parameterization: flow` in the SD-style
-#   config, and `--config configs/shapeworld-mmdit-flow.yaml` on the command line. The epsilon
-#   samplers refuse it, and `flow-euler` refuses a DDPM model.
+#   config, and `--config configs/shapeworld-mmdit-flow.yaml` on the command line. The samplers of
+#   noise-schedule models refuse it, and `flow-euler` refuses a DDPM model.
 #
 # ## Exercises
 # Each exercise ends in a cell that checks your answer. Replace the `None` and run the cell.
 #
-# **1.** An image $x_0$ and its noise $\epsilon$: what velocity should the network output at
+# **1.** An image $x_0$ and its noise $\epsilon$: what is the network's training target at
 # $\sigma = 0.3$, and at $\sigma = 0.9$? Give a function of `x0` and `eps` that returns it.
 
 # %%
 from course_lib.exercises import check
 
 answer_1 = None  # e.g. lambda x0, eps: ...
-check(answer_1, lambda f: all(torch.allclose(f(a, b), b - a) for a, b in [(torch.randn(3), torch.randn(3))] * 2),
+check(answer_1, lambda f: all(torch.allclose(f(a, b), b - a) for a, b in torch.randn(2, 2, 3)),
       hint="The path is a straight line: its direction does not depend on where you are on it.")
 
 # %% [markdown]
