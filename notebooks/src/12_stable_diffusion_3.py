@@ -421,7 +421,8 @@ print("MMDiT vs SD3Transformer2DModel, max difference < 1e-5:", bool((ours - the
 # Three denoisers for ShapeWorld's 8x8x4 latents, trained by `scripts/train_text_to_image.py` on
 # the same 60,000 encoded images and captions (10% dropped for guidance, padding masked), with the
 # same optimiser, batch of 128, learning rate and EMA, each for **20 minutes on one CPU thread**
-# (two at a time on the course's 2-core machine):
+# (the first two ran together on the course's 2-core machine, the third beside a benchmark of the
+# first two):
 #
 # | run | network | objective | config |
 # |---|---|---|---|
