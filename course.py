@@ -6,7 +6,7 @@
     python3 course.py setup    # only set up .venv
     python3 course.py slides 05 [--serve]  # notebook 05 as slides (reveal.js) in slides/, works offline
     python3 course.py build 00 # (authors) rebuild notebooks/00_*.ipynb from notebooks/src/, executed
-    python3 course.py badges   # (authors) rewrite every notebook's Colab badge from course_lib/links.py
+    python3 course.py badges   # (authors) rewrite every notebook's Colab badge from course_lib/core/links.py
 
 The environment is the pinned requirements.txt plus the course itself (editable), in .venv/ next
 to this file. It is reinstalled only when requirements.txt or pyproject.toml change.

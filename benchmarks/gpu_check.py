@@ -317,12 +317,12 @@ class Check:
 
     def precision_skip(self, precision: str) -> str | None:
         """Why ``precision`` cannot run on this device (None when it can)."""
-        from course_lib.distributed import resolve_precision
+        from course_lib.train.distributed import resolve_precision
 
         try:
             resolve_precision(precision, self.device)
         except ValueError as e:
-            return f"refused by course_lib.distributed.resolve_precision: {e}"
+            return f"refused by course_lib.train.distributed.resolve_precision: {e}"
         if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return f"{self._device_name()} does not support bfloat16"
         return None
@@ -511,7 +511,7 @@ class Check:
 
     # ------------------------------------------------------------------------------------------ sample
     def sample(self) -> dict[str, Any]:
-        from course_lib.pipeline import load_shipped_pipeline
+        from course_lib.pipeline.text_to_image import load_shipped_pipeline
 
         prompts = list(SAMPLE_PROMPTS[:2] if self.dry else SAMPLE_PROMPTS)
         settings = {"sampler": "dpm-solver++", "steps": 8 if self.dry else 20, "guidance_scale": 4.0, "seed": 0}
@@ -556,8 +556,8 @@ class Check:
         import diffusers
 
         from benchmarks.pipeline_speed import GUIDANCE, PROMPT, STYLE, build_folder, diffusers_pipeline, timed
-        from course_lib.convert import load_diffusers_pipeline
-        from course_lib.guidance import apply_style
+        from course_lib.pipeline.convert import load_diffusers_pipeline
+        from course_lib.diffusion.guidance import apply_style
 
         diffusers.utils.logging.set_verbosity_error()
         diffusers.utils.logging.disable_progress_bar()
@@ -718,7 +718,7 @@ class Check:
 
 def torchrun_worker(out: Path, device: str, script_and_args: list[str]) -> None:
     """Under torchrun: join the process group, note its backend, all-reduce a 1, then run the script here."""
-    from course_lib.distributed import init_distributed
+    from course_lib.train.distributed import init_distributed
 
     report: dict[str, Any] = {}
     try:
@@ -739,7 +739,7 @@ def torchrun_worker(out: Path, device: str, script_and_args: list[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the flags and run the chosen parts; returns the exit status (1 when a check failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    from course_lib.cli import HelpFormatter  # --help shows each option's default
+    from course_lib.core.cli import HelpFormatter  # --help shows each option's default
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda, cuda:1, cpu (default: cuda)")

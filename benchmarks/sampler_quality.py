@@ -39,11 +39,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from course_lib.classifiers import digit_features  # noqa: E402
-from course_lib.metrics import compare_sets  # noqa: E402
-from course_lib.mnist import MNIST5k  # noqa: E402
-from course_lib.samplers import sample  # noqa: E402
-from course_lib.training import load_diffusion_checkpoint  # noqa: E402
+from course_lib.evaluate.classifiers import digit_features  # noqa: E402
+from course_lib.evaluate.metrics import compare_sets  # noqa: E402
+from course_lib.worlds.mnist import MNIST5k  # noqa: E402
+from course_lib.diffusion.samplers import sample  # noqa: E402
+from course_lib.train.diffusion import load_diffusion_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,7 +93,7 @@ def generate(model, schedule, prediction_type, n, sampler, steps, options, seed,
 
 
 def main() -> None:
-    from course_lib.cli import HelpFormatter  # --help shows each option's default
+    from course_lib.core.cli import HelpFormatter  # --help shows each option's default
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--n", type=int, default=250, help="digits per point (at most 500, the size of the floor set)")

@@ -15,7 +15,7 @@ unet_flow}.yaml``: 20 minutes on one CPU thread each):
 and, for reference, the shipped U-Net of notebooks 09-10 (the DDPM recipe given 75 minutes on two
 threads). Each configuration draws one image for each of ``--n`` captions per split at each number of
 steps, with guidance 4 (or the guidance its label names), and is measured with the course's judges
-(``course_lib.prompt_eval``): adherence overall and exact, and the Frechet distance on the attribute
+(``course_lib.evaluate.prompt_eval``): adherence overall and exact, and the Frechet distance on the attribute
 network's features beside its real-versus-real floor. The file also records what each model's training
 gave: its steps, images per second and parameters, from the checkpoint's JSON.
 """
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from course_lib.cli import HelpFormatter
-from course_lib.pipeline import GenerationSettings, load_shipped_pipeline
-from course_lib.prompt_eval import EVAL_SEED, evaluate_prompts
-from course_lib.training import load_diffusion_checkpoint
-from course_lib.utils import count_parameters
+from course_lib.core.cli import HelpFormatter
+from course_lib.pipeline.text_to_image import GenerationSettings, load_shipped_pipeline
+from course_lib.evaluate.prompt_eval import EVAL_SEED, evaluate_prompts
+from course_lib.train.diffusion import load_diffusion_checkpoint
+from course_lib.core.utils import count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ For each guidance scale and for both splits ("train": colour-shape combinations 
 "heldout": each caption names a pair never seen), it draws one image for each of ``--n`` ShapeWorld
 captions with the shipped pipeline (``configs/shapeworld-inference.yaml``; 20 DPM-Solver++ steps
 unless told otherwise; the same seeds for every scale) and measures them with the course's judges
-(``course_lib.prompt_eval``): adherence per GenEval category, overall and exact, and the Frechet
+(``course_lib.evaluate.prompt_eval``): adherence per GenEval category, overall and exact, and the Frechet
 distance, KID, precision and recall on the attribute network's features, each beside its
 real-versus-real floor. Notebooks 09 (the guidance sweep) and 10 (the final table) plot this file.
 ``--unet NAME`` measures another U-Net checkpoint of ``data/`` in the same pipeline (for example the
@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from course_lib.cli import HelpFormatter  # noqa: E402
-from course_lib.pipeline import GenerationSettings, load_shipped_pipeline  # noqa: E402
-from course_lib.prompt_eval import EVAL_SEED, evaluate_prompts  # noqa: E402
-from course_lib.training import load_diffusion_checkpoint  # noqa: E402
+from course_lib.core.cli import HelpFormatter  # noqa: E402
+from course_lib.pipeline.text_to_image import GenerationSettings, load_shipped_pipeline  # noqa: E402
+from course_lib.evaluate.prompt_eval import EVAL_SEED, evaluate_prompts  # noqa: E402
+from course_lib.train.diffusion import load_diffusion_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

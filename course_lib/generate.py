@@ -23,16 +23,16 @@ import warnings
 
 import torch
 
-from .checkpoints import CheckpointError
-from .cli import HelpFormatter
-from .config import SHIPPED_CONFIG, ConfigMismatchWarning, build_from_config, load_config
-from .guidance import available_styles
-from .lora import apply_lora
-from .mmdit import MMDiT
-from .pipeline import GenerationSettings, load_image
-from .samplers import available_samplers
-from .shapeworld import caption_words
-from .tokenizer import PromptTruncatedWarning, UnknownWordsWarning, warn_unknown_words
+from course_lib.core.checkpoints import CheckpointError
+from course_lib.core.cli import HelpFormatter
+from course_lib.pipeline.config import SHIPPED_CONFIG, ConfigMismatchWarning, build_from_config, load_config
+from course_lib.diffusion.guidance import available_styles
+from course_lib.models.lora import apply_lora
+from course_lib.models.mmdit import MMDiT
+from course_lib.pipeline.text_to_image import GenerationSettings, load_image
+from course_lib.diffusion.samplers import available_samplers
+from course_lib.worlds.shapeworld import caption_words
+from course_lib.models.tokenizer import PromptTruncatedWarning, UnknownWordsWarning, warn_unknown_words
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

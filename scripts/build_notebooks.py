@@ -7,7 +7,7 @@
 
 A source is a Python file in the "percent" format: cells start with ``# %%`` (code) or
 ``# %% [markdown]`` (markdown, every line commented with ``# ``). Two placeholders are filled from
-course_lib/links.py, so the repository is named in one place: ``{{COLAB_BADGE}}`` and
+course_lib/core/links.py, so the repository is named in one place: ``{{COLAB_BADGE}}`` and
 ``{{REPO_URL}}``. Cells whose first line is ``# NBVAL_CHECK_OUTPUT`` are compared by nbval in CI;
 ``# TAGS: a, b`` on a cell's first line sets cell tags (e.g. nbval-ignore-output).
 
@@ -28,8 +28,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from course_lib.cli import HelpFormatter
-from course_lib.links import REPO_URL, colab_badge
+from course_lib.core.cli import HelpFormatter
+from course_lib.core.links import REPO_URL, colab_badge
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "notebooks" / "src"

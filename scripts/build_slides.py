@@ -122,7 +122,7 @@ def serve(deck: Path, port: int = 0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
-    from course_lib.cli import HelpFormatter
+    from course_lib.core.cli import HelpFormatter
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("numbers", nargs="*", help="two-digit notebook numbers, e.g. 05 06")

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from course_lib.checkpoints import save_checkpoint
-from course_lib.classifiers import ATTRIBUTE_NET, train_attribute_net
-from course_lib.cli import HelpFormatter
-from course_lib.distributed import distributed_run, resolve_precision
-from course_lib.run_config import add_runtime_arguments, parse_args
-from course_lib.shapeworld import ShapeWorld
-from course_lib.training_state import Checkpointing
-from course_lib.utils import seed_everything
+from course_lib.core.checkpoints import save_checkpoint
+from course_lib.evaluate.classifiers import ATTRIBUTE_NET, train_attribute_net
+from course_lib.core.cli import HelpFormatter
+from course_lib.train.distributed import distributed_run, resolve_precision
+from course_lib.train.run_config import add_runtime_arguments, parse_args
+from course_lib.worlds.shapeworld import ShapeWorld
+from course_lib.train.state import Checkpointing
+from course_lib.core.utils import seed_everything
 
 
 def main(argv: list[str] | None = None) -> None:

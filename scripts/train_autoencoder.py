@@ -31,18 +31,18 @@ from pathlib import Path
 
 import torch
 
-from course_lib.checkpoints import save_checkpoint
-from course_lib.classifiers import shapeworld_features
-from course_lib.cli import HelpFormatter
-from course_lib.distributed import DistributedContext, distributed_run, refuse_torchrun, resolve_precision
-from course_lib.metrics import frechet_distance
-from course_lib.paths import REPO_ROOT
-from course_lib.run_config import add_runtime_arguments, parse_args
-from course_lib.shapeworld import ShapeWorld
-from course_lib.training_state import Checkpointing
-from course_lib.utils import count_parameters, seed_everything
-from course_lib.vae import AutoencoderKL
-from course_lib.vae_training import (
+from course_lib.core.checkpoints import save_checkpoint
+from course_lib.evaluate.classifiers import shapeworld_features
+from course_lib.core.cli import HelpFormatter
+from course_lib.train.distributed import DistributedContext, distributed_run, refuse_torchrun, resolve_precision
+from course_lib.evaluate.metrics import frechet_distance
+from course_lib.core.paths import REPO_ROOT
+from course_lib.train.run_config import add_runtime_arguments, parse_args
+from course_lib.worlds.shapeworld import ShapeWorld
+from course_lib.train.state import Checkpointing
+from course_lib.core.utils import count_parameters, seed_everything
+from course_lib.models.vae import AutoencoderKL
+from course_lib.train.autoencoder import (
     SHIPPED_VAE,
     SHIPPED_VAE_CONFIG,
     AutoencoderTrainingConfig,

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from course_lib.checkpoints import save_checkpoint
-from course_lib.cli import HelpFormatter
-from course_lib.clip_training import (
+from course_lib.core.checkpoints import save_checkpoint
+from course_lib.core.cli import HelpFormatter
+from course_lib.train.clip import (
     SHIPPED_CLIP,
     TOKENIZER_FOLDER,
     ClipTrainingConfig,
@@ -37,11 +37,11 @@ from course_lib.clip_training import (
     train_contrastive,
     train_shapeworld_tokenizer,
 )
-from course_lib.distributed import distributed_run, resolve_precision
-from course_lib.paths import data_dir
-from course_lib.run_config import add_runtime_arguments, parse_args
-from course_lib.training_state import Checkpointing
-from course_lib.utils import count_parameters, seed_everything
+from course_lib.train.distributed import distributed_run, resolve_precision
+from course_lib.core.paths import data_dir
+from course_lib.train.run_config import add_runtime_arguments, parse_args
+from course_lib.train.state import Checkpointing
+from course_lib.core.utils import count_parameters, seed_everything
 
 
 def main(argv: list[str] | None = None) -> None:

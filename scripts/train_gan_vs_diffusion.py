@@ -53,17 +53,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from course_lib import gan, toy_diffusion
-from course_lib.checkpoints import save_checkpoint
-from course_lib.classifiers import digit_features
-from course_lib.cli import HelpFormatter
-from course_lib.distributed import DistributedContext, distributed_run
-from course_lib.metrics import frechet_distance
-from course_lib.mnist import MNIST5k
-from course_lib.run_config import add_checkpoint_arguments, parse_args
-from course_lib.toy2d import make_mixture, score_modes
-from course_lib.training_state import Checkpointing
-from course_lib.utils import count_parameters, get_device, seed_everything
+from course_lib.models import gan
+from course_lib.train import toy_diffusion
+from course_lib.core.checkpoints import save_checkpoint
+from course_lib.evaluate.classifiers import digit_features
+from course_lib.core.cli import HelpFormatter
+from course_lib.train.distributed import DistributedContext, distributed_run
+from course_lib.evaluate.metrics import frechet_distance
+from course_lib.worlds.mnist import MNIST5k
+from course_lib.train.run_config import add_checkpoint_arguments, parse_args
+from course_lib.worlds.toy2d import make_mixture, score_modes
+from course_lib.train.state import Checkpointing
+from course_lib.core.utils import count_parameters, get_device, seed_everything
 
 TOY_MIXTURES = ("ring8", "grid25")
 TOY_EVAL_SAMPLES = 2500

@@ -5,8 +5,8 @@
     python scripts/train_lora.py --steps 20 --images 256 --eval-captions 0 --eval-seen 0 --eval-neighbours 0 \
         --folder /tmp/lora                                     # a quick try
 
-The U-Net of notebooks 09-10 never saw a green circle (a held-out pair, course_lib/shapeworld.py).
-Its weights stay frozen; low-rank adapters (course_lib/lora.py) on the attention projections learn
+The U-Net of notebooks 09-10 never saw a green circle (a held-out pair, course_lib/worlds/shapeworld.py).
+Its weights stay frozen; low-rank adapters (course_lib/models/lora.py) on the attention projections learn
 from ShapeWorld scenes whose captions name the pair (``--replay`` mixes in scenes of the seen
 split). Training batches are made the way the base model's were (notebook 09:
 ``LatentCaptionData.batches`` with the shipped autoencoder's latents and the shipped text
@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from course_lib.adherence import score_adherence  # noqa: E402
-from course_lib.checkpoints import read_manifest, record_checkpoint  # noqa: E402
-from course_lib.cli import HelpFormatter  # noqa: E402
-from course_lib.config import SHIPPED_CONFIG  # noqa: E402
-from course_lib.lora import (  # noqa: E402
+from course_lib.evaluate.adherence import score_adherence  # noqa: E402
+from course_lib.core.checkpoints import read_manifest, record_checkpoint  # noqa: E402
+from course_lib.core.cli import HelpFormatter  # noqa: E402
+from course_lib.pipeline.config import SHIPPED_CONFIG  # noqa: E402
+from course_lib.models.lora import (  # noqa: E402
     TARGET_PRESETS,
     add_lora,
     concept_adherence,
@@ -42,19 +42,19 @@ from course_lib.lora import (  # noqa: E402
     count_lora_parameters,
     save_lora,
 )
-from course_lib.paths import data_dir  # noqa: E402
-from course_lib.pipeline import load_shipped_pipeline  # noqa: E402
-from course_lib.prompt_eval import evaluate_prompts  # noqa: E402
-from course_lib.run_config import parse_args  # noqa: E402
-from course_lib.shapeworld import COLOR_NAMES, SHAPES, is_held_out, parse_caption  # noqa: E402
-from course_lib.text_to_image_training import (  # noqa: E402
+from course_lib.core.paths import data_dir  # noqa: E402
+from course_lib.pipeline.text_to_image import load_shipped_pipeline  # noqa: E402
+from course_lib.evaluate.prompt_eval import evaluate_prompts  # noqa: E402
+from course_lib.train.run_config import parse_args  # noqa: E402
+from course_lib.worlds.shapeworld import COLOR_NAMES, SHAPES, is_held_out, parse_caption  # noqa: E402
+from course_lib.train.text_to_image import (  # noqa: E402
     SHIPPED_T2I_UNET,
     TRAIN_SEED,
     LatentCaptionData,
     TextConditioner,
 )
-from course_lib.training import TrainingConfig, train_diffusion_model  # noqa: E402
-from course_lib.utils import seed_everything  # noqa: E402
+from course_lib.train.diffusion import TrainingConfig, train_diffusion_model  # noqa: E402
+from course_lib.core.utils import seed_everything  # noqa: E402
 
 GUIDANCE, STEPS, SAMPLER = 4.0, 20, "dpm-solver++"   # as tests/test_t2i_shipped.py and the benchmark
 

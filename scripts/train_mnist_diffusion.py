@@ -3,7 +3,7 @@
     python scripts/train_mnist_diffusion.py                 # the shipped checkpoint (see data/mnist_unet.json)
     python scripts/train_mnist_diffusion.py --steps 200 --name scratch --folder /tmp/ckpt   # a quick try
 
-The same code as notebook 06_reverse_diffusion: ``course_lib.training.train_diffusion_model`` on the
+The same code as notebook 06_reverse_diffusion: ``course_lib.train.diffusion.train_diffusion_model`` on the
 4,500 training digits of MNIST-5k, DDPM's linear noise schedule (1000 steps, betas 1e-4..0.02),
 epsilon prediction, AdamW with warm-up, gradient clipping, and an EMA of the weights, which is what
 gets saved. ``--max-minutes`` stops early on a slow machine; the saved command then names the steps
@@ -27,14 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from course_lib.cli import HelpFormatter  # noqa: E402
-from course_lib.distributed import distributed_run, resolve_precision  # noqa: E402
-from course_lib.mnist import MNIST5k  # noqa: E402
-from course_lib.run_config import add_runtime_arguments, parse_args  # noqa: E402
-from course_lib.schedules import make_schedule  # noqa: E402
-from course_lib.training import TrainingConfig, save_diffusion_checkpoint, train_diffusion_model  # noqa: E402
-from course_lib.unet import UNet, UNetConfig  # noqa: E402
-from course_lib.utils import count_parameters, seed_everything  # noqa: E402
+from course_lib.core.cli import HelpFormatter  # noqa: E402
+from course_lib.train.distributed import distributed_run, resolve_precision  # noqa: E402
+from course_lib.worlds.mnist import MNIST5k  # noqa: E402
+from course_lib.train.run_config import add_runtime_arguments, parse_args  # noqa: E402
+from course_lib.diffusion.schedules import make_schedule  # noqa: E402
+from course_lib.train.diffusion import TrainingConfig, save_diffusion_checkpoint, train_diffusion_model  # noqa: E402
+from course_lib.models.unet import UNet, UNetConfig  # noqa: E402
+from course_lib.core.utils import count_parameters, seed_everything  # noqa: E402
 
 
 def mnist_unet_config(base_channels: int = 16) -> UNetConfig:

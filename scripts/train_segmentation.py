@@ -23,11 +23,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from course_lib.checkpoints import save_checkpoint
-from course_lib.cli import HelpFormatter
-from course_lib.distributed import distributed_run, resolve_precision
-from course_lib.run_config import add_runtime_arguments, parse_args
-from course_lib.segmentation import (
+from course_lib.core.checkpoints import save_checkpoint
+from course_lib.core.cli import HelpFormatter
+from course_lib.train.distributed import distributed_run, resolve_precision
+from course_lib.train.run_config import add_runtime_arguments, parse_args
+from course_lib.models.segmentation import (
     SegmentationUNet,
     SegmentationUNetConfig,
     mean_iou,
@@ -35,8 +35,8 @@ from course_lib.segmentation import (
     shapeworld_segmentation_data,
     train_segmenter,
 )
-from course_lib.training_state import Checkpointing
-from course_lib.utils import seed_everything
+from course_lib.train.state import Checkpointing
+from course_lib.core.utils import seed_everything
 
 NAMES = {True: "segmentation_unet", False: "segmentation_unet_no_skip"}
 TRAIN_SEED, EVAL_SEED = 0, 1  # notebook 03 tests on fresh images from yet another seed

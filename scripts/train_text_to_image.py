@@ -33,24 +33,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from course_lib.cli import HelpFormatter  # noqa: E402
-from course_lib.clip_training import load_shipped_clip  # noqa: E402
-from course_lib.distributed import distributed_run, resolve_precision  # noqa: E402
-from course_lib.mmdit import MMDiT, MMDiTConfig  # noqa: E402
-from course_lib.rectified_flow import FLOW_PREDICTION, FlowMatchSchedule  # noqa: E402
-from course_lib.run_config import add_runtime_arguments, parse_args  # noqa: E402
-from course_lib.schedules import make_schedule  # noqa: E402
-from course_lib.text_to_image_training import (  # noqa: E402
+from course_lib.core.cli import HelpFormatter  # noqa: E402
+from course_lib.train.clip import load_shipped_clip  # noqa: E402
+from course_lib.train.distributed import distributed_run, resolve_precision  # noqa: E402
+from course_lib.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
+from course_lib.diffusion.rectified_flow import FLOW_PREDICTION, FlowMatchSchedule  # noqa: E402
+from course_lib.train.run_config import add_runtime_arguments, parse_args  # noqa: E402
+from course_lib.diffusion.schedules import make_schedule  # noqa: E402
+from course_lib.train.text_to_image import (  # noqa: E402
     SHIPPED_T2I_UNET,
     TRAIN_SEED,
     LatentCaptionData,
     TextConditioner,
     t2i_unet_config,
 )
-from course_lib.training import TrainingConfig, save_diffusion_checkpoint, train_diffusion_model  # noqa: E402
-from course_lib.unet import UNet  # noqa: E402
-from course_lib.utils import count_parameters, seed_everything  # noqa: E402
-from course_lib.vae_training import load_shipped_autoencoder  # noqa: E402
+from course_lib.train.diffusion import TrainingConfig, save_diffusion_checkpoint, train_diffusion_model  # noqa: E402
+from course_lib.models.unet import UNet  # noqa: E402
+from course_lib.core.utils import count_parameters, seed_everything  # noqa: E402
+from course_lib.train.autoencoder import load_shipped_autoencoder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from course_lib import gan
-from course_lib.distributed import DistributedContext, init_distributed, shutdown_distributed
-from course_lib.toy2d import make_mixture
-from course_lib.training_state import Checkpointing
+from course_lib.models import gan
+from course_lib.train.distributed import DistributedContext, init_distributed, shutdown_distributed
+from course_lib.worlds.toy2d import make_mixture
+from course_lib.train.state import Checkpointing
 
 STEPS, BATCH = 4, 8
 TOY = gan.GANTrainConfig(steps=STEPS, batch_size=BATCH, lr_generator=2e-3, lr_discriminator=2e-3, seed=1)

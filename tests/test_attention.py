@@ -7,14 +7,14 @@ from diffusers.models.attention import FeedForward as RefFeedForward
 from diffusers.models.attention_processor import Attention as RefAttention
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-from course_lib.attention import (
+from course_lib.models.attention import (
     AttentionBlock,
     BasicTransformerBlock,
     CrossAttention,
     FeedForward,
     SpatialTransformer,
 )
-from course_lib.utils import seed_everything
+from course_lib.core.utils import seed_everything
 
 ATOL = RTOL = 1e-6
 

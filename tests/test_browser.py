@@ -56,21 +56,21 @@ NEW_SEED = "7"
 TEST_BUDGET_S = 100        # the whole test, server and browser start included (shutdown: at most ~20 s more)
 OUT = ".jp-OutputArea-output"
 
-SETUP_CELL = """from course_lib.pipeline import load_shipped_pipeline
-from course_lib.widgets import make_generator
+SETUP_CELL = """from course_lib.pipeline.text_to_image import load_shipped_pipeline
+from course_lib.pipeline.widgets import make_generator
 
 pipe = load_shipped_pipeline()"""
 
 DEV_SETUP_CELL = """# COURSE_BROWSER_DEV=1: the shipped config with a randomly initialised U-Net
-from course_lib.config import SHIPPED_CONFIG, build_from_config, load_config
-from course_lib.widgets import make_generator
+from course_lib.pipeline.config import SHIPPED_CONFIG, build_from_config, load_config
+from course_lib.pipeline.widgets import make_generator
 
 cfg = load_config(SHIPPED_CONFIG)
 del cfg["model"]["params"]["unet_config"]["params"]["ckpt_path"]
 pipe = build_from_config(cfg, strict=False)   # a random U-Net on purpose"""
 
 DEV_GENERATOR_CELL = """# TAGS: nbval-ignore-output
-from course_lib.widgets import make_generator
+from course_lib.pipeline.widgets import make_generator
 
 ui = make_generator(pipe)
 ui"""

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from course_lib.generate import main
-from course_lib.lora import add_lora, save_lora
-from course_lib.pipeline import load_image, load_shipped_pipeline
+from course_lib.models.lora import add_lora, save_lora
+from course_lib.pipeline.text_to_image import load_image, load_shipped_pipeline
 
 
 def test_a_shipped_lora_by_name_changes_the_image(tmp_path, capsys):

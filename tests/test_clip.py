@@ -13,7 +13,7 @@ from transformers import CLIPTextConfig as HFTextConfig
 from transformers import CLIPTextModel
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
-from course_lib.clip import (
+from course_lib.models.clip import (
     CLIPTextConfig,
     CLIPTextEncoder,
     ContrastiveModel,
@@ -26,12 +26,12 @@ from course_lib.clip import (
     retrieval_recall_at_k,
     zero_shot_classify,
 )
-from course_lib.tokenizer import CLIPStyleTokenizer, train_bpe
-from course_lib.utils import seed_everything
+from course_lib.models.tokenizer import CLIPStyleTokenizer, train_bpe
+from course_lib.core.utils import seed_everything
 
 ATOL = RTOL = 1e-5
 # PROMPTS[2] is longer than the 16-token context on purpose (truncated rows are compared too).
-pytestmark = pytest.mark.filterwarnings("ignore::course_lib.tokenizer.PromptTruncatedWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::course_lib.models.tokenizer.PromptTruncatedWarning")
 COLOURS = ["red", "green", "blue"]
 CORPUS = [f"a {c} {s} above a {c2} {s2}" for c in COLOURS + ["yellow"] for s in ["circle", "square"]
           for c2 in COLOURS for s2 in ["star", "triangle"]] + ["a photo of a red image"] * 3

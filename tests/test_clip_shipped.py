@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from transformers import CLIPTextConfig as HFTextConfig
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from course_lib import shapeworld as sw
-from course_lib.clip import clip_loss, matching_targets
-from course_lib.clip_training import (
+from course_lib.worlds import shapeworld as sw
+from course_lib.models.clip import clip_loss, matching_targets
+from course_lib.train.clip import (
     ClipTrainingConfig,
     build_clip_model,
     caption_key,
@@ -32,8 +32,8 @@ from course_lib.clip_training import (
     shipped_metrics,
     train_contrastive,
 )
-from course_lib.paths import data_dir
-from course_lib.tokenizer import PromptTruncatedWarning
+from course_lib.core.paths import data_dir
+from course_lib.models.tokenizer import PromptTruncatedWarning
 
 PROMPTS = [
     "a small red circle in the top left",

@@ -11,15 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib.attention import CrossAttention, check_context_mask
-from course_lib.clip import CLIPTextConfig, CLIPTextEncoder
-from course_lib.guidance import guided_model_fn
-from course_lib.pipeline import TextToImagePipeline
-from course_lib.schedules import make_schedule
-from course_lib.text_to_image_training import TextConditioner, t2i_unet_config
-from course_lib.tokenizer import CLIPStyleTokenizer
-from course_lib.unet import UNet
-from course_lib.vae import AutoencoderConfig, AutoencoderKL
+from course_lib.models.attention import CrossAttention, check_context_mask
+from course_lib.models.clip import CLIPTextConfig, CLIPTextEncoder
+from course_lib.diffusion.guidance import guided_model_fn
+from course_lib.pipeline.text_to_image import TextToImagePipeline
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.train.text_to_image import TextConditioner, t2i_unet_config
+from course_lib.models.tokenizer import CLIPStyleTokenizer
+from course_lib.models.unet import UNet
+from course_lib.models.vae import AutoencoderConfig, AutoencoderKL
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def unet() -> UNet:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> CLIPStyleTokenizer:
-    from course_lib.paths import data_dir
+    from course_lib.core.paths import data_dir
 
     return CLIPStyleTokenizer.from_folder(data_dir() / "tokenizer")
 

@@ -1,4 +1,4 @@
-"""Public Stable Diffusion folders in the course's own code (course_lib.convert), against diffusers.
+"""Public Stable Diffusion folders in the course's own code (course_lib.pipeline.convert), against diffusers.
 
 Tiny random ``StableDiffusionPipeline``s shaped like SD 1 (CLIP with quick_gelu, convolution
 projections in the U-Net's transformers, one head count), SD 2 (gelu, linear projections, heads per
@@ -36,8 +36,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import CLIPTextConfig as HFTextConfig  # noqa: E402
 from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from course_lib.clip import CLIPTextConfig, CLIPTextEncoder  # noqa: E402
-from course_lib.convert import (  # noqa: E402
+from course_lib.models.clip import CLIPTextConfig, CLIPTextEncoder  # noqa: E402
+from course_lib.pipeline.convert import (  # noqa: E402
     CheckpointError,
     SchedulerSettingWarning,
     download_pipeline,
@@ -50,10 +50,10 @@ from course_lib.convert import (  # noqa: E402
     text_config_from_transformers,
     unet_config_from_diffusers,
 )
-from course_lib.guidance import apply_style, guided_model_fn  # noqa: E402
-from course_lib.pipeline import TextToImagePipeline  # noqa: E402
-from course_lib.samplers import sample  # noqa: E402
-from course_lib.tokenizer import CLIPStyleTokenizer, train_bpe  # noqa: E402
+from course_lib.diffusion.guidance import apply_style, guided_model_fn  # noqa: E402
+from course_lib.pipeline.text_to_image import TextToImagePipeline  # noqa: E402
+from course_lib.diffusion.samplers import sample  # noqa: E402
+from course_lib.models.tokenizer import CLIPStyleTokenizer, train_bpe  # noqa: E402
 
 ATOL = 5e-5
 STEPS = 10
@@ -558,7 +558,7 @@ def test_every_diffusers_scheduler_setting_is_known():
     with diffusers' own default (so a config that omits it gets what diffusers would use)."""
     import inspect
 
-    from course_lib.convert import SAMPLER_SCHEDULERS, SCHEDULER_SETTINGS
+    from course_lib.pipeline.convert import SAMPLER_SCHEDULERS, SCHEDULER_SETTINGS
 
     schedule_keys = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                      "prediction_type", "rescale_betas_zero_snr", "algorithm_type"}
@@ -590,7 +590,7 @@ def test_a_corrupted_weights_file_is_named(copy_of):
 
 
 def test_the_loaded_unet_records_its_schedule(loaded):
-    from course_lib.schedules import linear_schedule
+    from course_lib.diffusion.schedules import linear_schedule
 
     pipe = loaded["sd1"]
     assert pipe.unet.training_schedule is pipe.schedule

@@ -1,9 +1,9 @@
-"""The plain-versus-residual experiment of notebook 02 (course_lib.depth): small and fast."""
+"""The plain-versus-residual experiment of notebook 02 (course_lib.models.depth): small and fast."""
 
 import pytest
 import torch
 
-from course_lib.depth import (
+from course_lib.models.depth import (
     DeepMLP,
     DeepMLPConfig,
     accuracy,
@@ -12,7 +12,7 @@ from course_lib.depth import (
     mean_loss,
     train_classifier,
 )
-from course_lib.utils import seed_everything
+from course_lib.core.utils import seed_everything
 
 
 def toy_data(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,9 +39,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from course_lib import gan
-from course_lib.checkpoints import CheckpointError, load_weights
-from course_lib.distributed import (
+from course_lib.models import gan
+from course_lib.core.checkpoints import CheckpointError, load_weights
+from course_lib.train.distributed import (
     DistributedContext,
     DistributedSetupError,
     check_batch_divisible,
@@ -52,10 +52,10 @@ from course_lib.distributed import (
     resolve_precision,
     torchrun_env,
 )
-from course_lib.run_config import load_config_file
-from course_lib.schedules import make_schedule
-from course_lib.training import TrainingConfig, load_diffusion_checkpoint, train_diffusion_model
-from course_lib.training_state import Checkpointing
+from course_lib.train.run_config import load_config_file
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.train.diffusion import TrainingConfig, load_diffusion_checkpoint, train_diffusion_model
+from course_lib.train.state import Checkpointing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import distributed_worker as worker  # noqa: E402
@@ -240,7 +240,7 @@ def test_gan_script_under_torchrun(gan_processes, tmp_path):
 
 # ------------------------------------------------------------------------ stopping and resuming, one process
 def _digits_subset():
-    from course_lib.mnist import MNIST5k
+    from course_lib.worlds.mnist import MNIST5k
 
     train = MNIST5k("train")
     return train.images[:600], train.labels[:600]
@@ -248,9 +248,9 @@ def _digits_subset():
 
 def _trainers():
     """name -> (build a model, train it with a checkpoint, step to stop at): tiny runs of every loop."""
-    from course_lib import toy_diffusion
-    from course_lib.classifiers import AttributeNet, DigitClassifier, train_attribute_net, train_digit_classifier
-    from course_lib.clip_training import (
+    from course_lib.train import toy_diffusion
+    from course_lib.evaluate.classifiers import AttributeNet, DigitClassifier, train_attribute_net, train_digit_classifier
+    from course_lib.train.clip import (
         ClipTrainingConfig,
         build_clip_model,
         clip_model_config,
@@ -258,14 +258,14 @@ def _trainers():
         load_shipped_tokenizer,
         train_contrastive,
     )
-    from course_lib.segmentation import (
+    from course_lib.models.segmentation import (
         SegmentationUNet,
         SegmentationUNetConfig,
         shapeworld_segmentation_data,
         train_segmenter,
     )
-    from course_lib.vae import AutoencoderConfig, AutoencoderKL
-    from course_lib.vae_training import AutoencoderTrainingConfig, train_autoencoder
+    from course_lib.models.vae import AutoencoderConfig, AutoencoderKL
+    from course_lib.train.autoencoder import AutoencoderTrainingConfig, train_autoencoder
 
     class Pair(torch.nn.Module):
         def __init__(self, G, D):
@@ -460,7 +460,7 @@ def test_config_file_values_and_flags_on_top(tmp_path, monkeypatch):
     """The file replaces the defaults; a flag on the command line replaces the file."""
     import argparse
 
-    from course_lib.run_config import parse_args
+    from course_lib.train.run_config import parse_args
 
     (tmp_path / "c.yaml").write_text("steps: 10\nlr: 1e-3\nchannels: [8, 16]\nflag: true\n")
     p = argparse.ArgumentParser()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.checkpoints import CheckpointError, load_checkpoint, read_manifest, save_checkpoint
-from course_lib.plotting import image_grid
-from course_lib.utils import get_device, seed_everything
+from course_lib.core.checkpoints import CheckpointError, load_checkpoint, read_manifest, save_checkpoint
+from course_lib.core.plotting import image_grid
+from course_lib.core.utils import get_device, seed_everything
 
 
 def test_device_defaults_to_best_and_can_be_overridden(monkeypatch):
@@ -83,7 +83,7 @@ def test_checksum_errors_say_which_file_changed(tmp_path, monkeypatch):
     checksum was updated says it is not readable safetensors."""
     import json
 
-    from course_lib import checkpoints
+    from course_lib.core import checkpoints
 
     save_checkpoint(Tiny(5), "tiny", config={"width": 5}, folder=tmp_path)
     manifest_path = tmp_path / "manifest.json"
@@ -109,8 +109,8 @@ def test_checksum_errors_say_which_file_changed(tmp_path, monkeypatch):
 
 
 def test_committed_checksums_are_read_from_git():
-    from course_lib.checkpoints import _committed_sha256
-    from course_lib.paths import data_dir
+    from course_lib.core.checkpoints import _committed_sha256
+    from course_lib.core.paths import data_dir
 
     sha = _committed_sha256(data_dir(), "shapeworld_vae")
     if sha is None:
@@ -120,8 +120,8 @@ def test_committed_checksums_are_read_from_git():
 
 def test_shipped_manifest_matches_files():
     """Every shipped checkpoint's file has the checksum the manifest records."""
-    from course_lib.checkpoints import sha256_of
-    from course_lib.paths import data_dir
+    from course_lib.core.checkpoints import sha256_of
+    from course_lib.core.paths import data_dir
 
     manifest = read_manifest()
     assert {"digit_classifier", "shapeworld_attribute_net"} <= set(manifest)

@@ -1,4 +1,4 @@
-"""course_lib.gan and course_lib.toy_diffusion (notebook 01): shapes, loss values, training, errors."""
+"""course_lib.models.gan and course_lib.train.toy_diffusion (notebook 01): shapes, loss values, training, errors."""
 
 import dataclasses
 import math
@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import gan
-from course_lib.diffusion import diffusion_loss
-from course_lib.gan import (
+from course_lib.models import gan
+from course_lib.diffusion.forward import diffusion_loss
+from course_lib.models.gan import (
     DCGANConfig,
     DCGANDiscriminator,
     DCGANGenerator,
@@ -21,10 +21,10 @@ from course_lib.gan import (
     generator_loss,
     train_gan,
 )
-from course_lib.samplers import sample
-from course_lib.schedules import linear_schedule
-from course_lib.toy2d import ring_of_gaussians
-from course_lib.toy_diffusion import (
+from course_lib.diffusion.samplers import sample
+from course_lib.diffusion.schedules import linear_schedule
+from course_lib.worlds.toy2d import ring_of_gaussians
+from course_lib.train.toy_diffusion import (
     DiffusionTrainConfig,
     MLPDenoiser,
     MLPDenoiserConfig,
@@ -32,8 +32,8 @@ from course_lib.toy_diffusion import (
     generate,
     train_diffusion,
 )
-from course_lib.unet import UNet, UNetConfig
-from course_lib.utils import count_parameters, seed_everything
+from course_lib.models.unet import UNet, UNetConfig
+from course_lib.core.utils import count_parameters, seed_everything
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``--help`` of the course's command lines names each option's default (course_lib/cli.py)."""
+"""``--help`` of the course's command lines names each option's default (course_lib/core/cli.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.cli import HelpFormatter
-from course_lib.pipeline import GenerationSettings
+from course_lib.core.cli import HelpFormatter
+from course_lib.pipeline.text_to_image import GenerationSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND_LINES = sorted([*(ROOT / "scripts").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")])
@@ -54,7 +54,7 @@ def test_every_command_line_uses_the_course_help_formatter(path):
     for parser in parsers:
         formatter = next((k.value for k in parser.keywords if k.arg == "formatter_class"), None)
         assert formatter is not None and ast.unparse(formatter) == "HelpFormatter", (
-            f"{path.name}: use ArgumentParser(..., formatter_class=HelpFormatter) (course_lib.cli): "
+            f"{path.name}: use ArgumentParser(..., formatter_class=HelpFormatter) (course_lib.core.cli): "
             "--help then shows the defaults")
 
 

@@ -1,7 +1,7 @@
 """img2img (SDEdit) and inpainting in the course's pipeline (notebook 13_beyond_text_to_image).
 
 Parity with diffusers: the tiny random public-format pipelines of tests/test_convert.py (built by its
-``build_case``, read by ``course_lib.convert``) make the same images as diffusers'
+``build_case``, read by ``course_lib.pipeline.convert``) make the same images as diffusers'
 ``StableDiffusionImg2ImgPipeline`` and ``StableDiffusionInpaintPipeline`` (the ordinary 4-channel
 U-Net, which diffusers' inpainting runs by latent blending) from the same image, mask, prompt,
 negative prompt, guidance scale, strength, sampler and seed.
@@ -38,8 +38,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib.pipeline import GenerationSettings, img2img_steps, load_image, load_shipped_pipeline
-from course_lib.samplers import sample, sampler_timesteps
+from course_lib.pipeline.text_to_image import GenerationSettings, img2img_steps, load_image, load_shipped_pipeline
+from course_lib.diffusion.samplers import sample, sampler_timesteps
 
 ROOT = Path(__file__).resolve().parent.parent
 ATOL = 5e-5
@@ -61,7 +61,7 @@ def tiny(tmp_path_factory):
     pytest.importorskip("transformers")
     from test_convert import build_case
 
-    from course_lib.convert import load_diffusers_pipeline
+    from course_lib.pipeline.convert import load_diffusers_pipeline
 
     root = tmp_path_factory.mktemp("img2img_folders")
     out = {}
@@ -100,7 +100,7 @@ def diffusers_edit(components: dict, config: dict, sampler: str, strength: float
                    mask: torch.Tensor | None = None) -> torch.Tensor:
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
-    from course_lib.guidance import apply_style
+    from course_lib.diffusion.guidance import apply_style
 
     cls = StableDiffusionImg2ImgPipeline if mask is None else StableDiffusionInpaintPipeline
     pipe = cls(**{**components, "scheduler": reference_scheduler(config, sampler)})
@@ -188,7 +188,7 @@ def test_start_step_equals_diffusers_begin_index_for_the_dpm_solvers():
     schedulers with ``set_begin_index`` (a toy model; the histories restart at the first step)."""
     from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler
 
-    from course_lib.schedules import make_schedule
+    from course_lib.diffusion.schedules import make_schedule
 
     schedule = make_schedule("scaled_linear", 1000, beta_start=0.00085, beta_end=0.012)
     config = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000,
@@ -268,7 +268,7 @@ def test_strength_1_img2img_is_text_to_image_from_the_noised_image_not_from_pure
     from the same noise (measured: max |difference| 0.94, mean 0.016), but plain generation started
     from the noised image. Inpainting at strength 1 starts from pure noise (diffusers' is_strength_max):
     with a mask that repaints everything it is plain generation."""
-    from course_lib.diffusion import q_sample
+    from course_lib.diffusion.forward import q_sample
 
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(42))
     img2img = shipped(SHAPES, init_image=shapes, strength=1.0, latents=z, show_progress=False)

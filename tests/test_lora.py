@@ -1,4 +1,4 @@
-"""LoRA by hand (course_lib/lora.py, scripts/train_lora.py, data/shapeworld_lora_green_circle.*).
+"""LoRA by hand (course_lib/models/lora.py, scripts/train_lora.py, data/shapeworld_lora_green_circle.*).
 
 On a tiny U-Net of the text-to-image architecture: a fresh adapter changes nothing, merged and
 unmerged outputs agree, files round-trip exactly, a LoRA made for another model is refused with a
@@ -19,9 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.checkpoints import read_manifest
-from course_lib.diffusion import diffusion_loss
-from course_lib.lora import (
+from course_lib.core.checkpoints import read_manifest
+from course_lib.diffusion.forward import diffusion_loss
+from course_lib.models.lora import (
     CROSS_ATTENTION_TARGETS,
     LoRAError,
     LoRALinear,
@@ -39,10 +39,10 @@ from course_lib.lora import (
     save_lora,
     unmerge_lora,
 )
-from course_lib.schedules import make_schedule
-from course_lib.text_to_image_training import t2i_unet_config
-from course_lib.training import TrainingConfig, train_diffusion_model
-from course_lib.unet import UNet
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.train.text_to_image import t2i_unet_config
+from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
+from course_lib.models.unet import UNet
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_LORA = "shapeworld_lora_green_circle"
@@ -311,7 +311,7 @@ def test_shipped_lora_was_made_for_the_shipped_unet(shipped_meta):
 
 
 def test_shipped_lora_draws_the_new_pair():
-    from course_lib.pipeline import load_shipped_pipeline
+    from course_lib.pipeline.text_to_image import load_shipped_pipeline
 
     pipe = load_shipped_pipeline()
     apply_lora(pipe, SHIPPED_LORA)                              # by name: checksum verified

@@ -5,7 +5,7 @@ import torch
 from diffusers import SD3Transformer2DModel
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
-from course_lib.mmdit import (
+from course_lib.models.mmdit import (
     MMDiT,
     MMDiTConfig,
     patchify,

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from notebook_files import notebooks_under_test
 
-from course_lib.links import colab_url
+from course_lib.core.links import colab_url
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = notebooks_under_test()  # as committed under `python3 course.py test` (tests/notebook_files.py)

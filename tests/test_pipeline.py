@@ -13,8 +13,8 @@ import warnings
 import pytest
 import torch
 
-from course_lib.checkpoints import CheckpointError
-from course_lib.config import (
+from course_lib.core.checkpoints import CheckpointError
+from course_lib.pipeline.config import (
     SHIPPED_CONFIG,
     ConfigError,
     ConfigMismatchWarning,
@@ -22,9 +22,9 @@ from course_lib.config import (
     instantiate_from_config,
     load_config,
 )
-from course_lib.guidance import STYLES, apply_style, guided_model_fn
-from course_lib.pipeline import GenerationSettings
-from course_lib.tokenizer import PromptTruncatedWarning
+from course_lib.diffusion.guidance import STYLES, apply_style, guided_model_fn
+from course_lib.pipeline.text_to_image import GenerationSettings
+from course_lib.models.tokenizer import PromptTruncatedWarning
 
 PROMPT = "a red circle above a blue square"
 
@@ -55,7 +55,7 @@ def test_config_mirrors_stable_diffusion_keys(config):
 
 
 def test_config_builds_the_shipped_parts(pipe):
-    from course_lib.vae_training import load_shipped_autoencoder
+    from course_lib.train.autoencoder import load_shipped_autoencoder
 
     vae = load_shipped_autoencoder()
     assert pipe.vae.config.scaling_factor == pytest.approx(vae.config.scaling_factor)
@@ -276,8 +276,8 @@ def test_strict_false_builds_and_warns_every_difference():
 
 
 def test_the_shipped_config_builds_strictly_and_records_its_schedule():
-    from course_lib.samplers import sample
-    from course_lib.schedules import make_schedule
+    from course_lib.diffusion.samplers import sample
+    from course_lib.diffusion.schedules import make_schedule
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -297,7 +297,7 @@ def test_invalid_yaml_is_a_clear_error(tmp_path, capsys):
     from course_lib.generate import main
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model:\n  target: course_lib.config.LatentDiffusion\n  params: [unclosed\n")
+    bad.write_text("model:\n  target: course_lib.pipeline.config.LatentDiffusion\n  params: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML at line \d+, column \d+"):
         load_config(bad)
     assert main([PROMPT, "--config", str(bad)]) == 2
@@ -348,10 +348,11 @@ def test_command_line_names_a_damaged_weights_file(tmp_path, capsys, monkeypatch
     import json
     import shutil
 
-    from course_lib import checkpoints, config
-    from course_lib.checkpoints import sha256_of
+    from course_lib.core import checkpoints
+    from course_lib.pipeline import config
+    from course_lib.core.checkpoints import sha256_of
     from course_lib.generate import main
-    from course_lib.paths import data_dir
+    from course_lib.core.paths import data_dir
 
     data = tmp_path / "data"
     shutil.copytree(data_dir(), data, ignore=shutil.ignore_patterns("mnist_5k.npz", "*mnist*", "*segmentation*",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from course_lib.rectified_flow import (
+from course_lib.diffusion.rectified_flow import (
     FlowMatchSchedule,
     flow_interpolate,
     flow_matching_loss,
@@ -16,9 +16,9 @@ from course_lib.rectified_flow import (
     logit_normal_sigmas,
     shift_sigmas,
 )
-from course_lib.samplers import sample, sampler_timesteps
-from course_lib.schedules import make_schedule
-from course_lib.training import (
+from course_lib.diffusion.samplers import sample, sampler_timesteps
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.train.diffusion import (
     TrainingConfig,
     load_diffusion_checkpoint,
     save_diffusion_checkpoint,
@@ -130,7 +130,7 @@ def test_clear_errors():
 
 
 def test_training_learns_a_velocity_and_checkpoint_round_trip(tmp_path):
-    from course_lib.mmdit import MMDiT, MMDiTConfig
+    from course_lib.models.mmdit import MMDiT, MMDiTConfig
 
     torch.manual_seed(0)
     cfg = MMDiTConfig(sample_size=4, patch_size=2, in_channels=2, out_channels=2, num_layers=2,
@@ -183,7 +183,7 @@ def test_flow_training_needs_both_schedule_and_prediction_type():
 def test_sliced_flow_loss_is_the_single_process_loss():
     """Under torchrun each process draws the whole global batch's sigmas and noise and keeps its slice, so
     the mean of the slices' losses is the single-process loss of the same generator state."""
-    from course_lib.training import _sliced_diffusion_loss
+    from course_lib.train.diffusion import _sliced_diffusion_loss
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 8), torch.nn.Unflatten(1, (2, 2, 2)))

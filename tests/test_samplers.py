@@ -1,4 +1,4 @@
-"""Samplers (course_lib.samplers) against diffusers' schedulers.
+"""Samplers (course_lib.diffusion.samplers) against diffusers' schedulers.
 
 Same schedule (Stable Diffusion's: scaled_linear 0.00085..0.012, 1000 steps, steps_offset=1,
 set_alpha_to_one=False, clip_sample=False), same model function (a tiny random conv net that
@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from course_lib.samplers import (
+from course_lib.diffusion.samplers import (
     SAMPLERS,
     SampleResult,
     available_samplers,
@@ -20,7 +20,7 @@ from course_lib.samplers import (
     make_timesteps,
     sample,
 )
-from course_lib.schedules import linear_schedule, make_schedule, scaled_linear_schedule
+from course_lib.diffusion.schedules import linear_schedule, make_schedule, scaled_linear_schedule
 
 diffusers = pytest.importorskip("diffusers")
 # diffusers' DPM-Solver schedulers trip a NumPy 2 deprecation inside set_timesteps; not ours to fix
@@ -427,7 +427,7 @@ def test_a_model_that_records_its_schedule_refuses_another(model, schedule, x_T)
     import functools
     import types
 
-    from course_lib.samplers import model_schedule_of
+    from course_lib.diffusion.samplers import model_schedule_of
 
     recorded = types.SimpleNamespace(training_schedule=schedule)
     fn = TinyModel().eval()
@@ -446,7 +446,7 @@ def test_a_model_that_records_its_schedule_refuses_another(model, schedule, x_T)
 
 def test_a_loaded_checkpoint_refuses_another_schedule(x_T):
     """load_diffusion_checkpoint records the schedule on the model: no model_schedule= needed."""
-    from course_lib.training import load_diffusion_checkpoint
+    from course_lib.train.diffusion import load_diffusion_checkpoint
 
     ckpt = load_diffusion_checkpoint("mnist_unet")
     x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))

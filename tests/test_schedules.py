@@ -1,4 +1,4 @@
-"""Noise schedules and the forward process (course_lib.schedules, course_lib.diffusion).
+"""Noise schedules and the forward process (course_lib.diffusion.schedules, course_lib.diffusion.forward).
 
 Reference: diffusers' DDPMScheduler (betas, alphas_cumprod, add_noise, get_velocity).
 Tolerances: schedules agree with diffusers' float32 numbers to rtol 1e-5 (our float64 cumprod
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from course_lib.diffusion import (
+from course_lib.diffusion.forward import (
     diffusion_loss,
     predict_eps,
     predict_v,
@@ -21,7 +21,7 @@ from course_lib.diffusion import (
     training_target,
     velocity,
 )
-from course_lib.schedules import (
+from course_lib.diffusion.schedules import (
     NoiseSchedule,
     available_schedules,
     check_schedule,

@@ -1,9 +1,9 @@
-"""Notebook 03's segmentation U-Net, its no-skip twin, IoU and the train loop (course_lib.segmentation)."""
+"""Notebook 03's segmentation U-Net, its no-skip twin, IoU and the train loop (course_lib.models.segmentation)."""
 
 import pytest
 import torch
 
-from course_lib.segmentation import (
+from course_lib.models.segmentation import (
     CLASS_NAMES,
     SegmentationUNet,
     SegmentationUNetConfig,
@@ -14,7 +14,7 @@ from course_lib.segmentation import (
     shapeworld_segmentation_data,
     train_segmenter,
 )
-from course_lib.utils import seed_everything
+from course_lib.core.utils import seed_everything
 
 
 def test_iou_by_hand():

@@ -20,10 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-from course_lib.adherence import score_adherence
-from course_lib.pipeline import load_shipped_pipeline
-from course_lib.prompt_eval import evaluate_prompts
-from course_lib.shapeworld import ShapeWorld
+from course_lib.evaluate.adherence import score_adherence
+from course_lib.pipeline.text_to_image import load_shipped_pipeline
+from course_lib.evaluate.prompt_eval import evaluate_prompts
+from course_lib.worlds.shapeworld import ShapeWorld
 
 GUIDANCE = 4.0
 # goal - ~2 standard errors of a share near the goal on the set size used (sqrt(p (1 - p) / n))

@@ -14,8 +14,8 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-import course_lib.tokenizer as tokmod
-from course_lib.tokenizer import (
+import course_lib.models.tokenizer as tokmod
+from course_lib.models.tokenizer import (
     BOS_TOKEN,
     EOS_TOKEN,
     CLIPStyleTokenizer,
@@ -266,8 +266,8 @@ def test_html_unescape_is_openai_clips_option(ours, folder):
 
 
 def test_words_outside_a_vocabulary_are_warned_by_name():
-    from course_lib.shapeworld import caption_words
-    from course_lib.tokenizer import UnknownWordsWarning, warn_unknown_words, words_outside
+    from course_lib.worlds.shapeworld import caption_words
+    from course_lib.models.tokenizer import UnknownWordsWarning, warn_unknown_words, words_outside
 
     words = caption_words()
     assert words_outside("A red circle above a BLUE square", words) == []

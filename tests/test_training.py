@@ -1,4 +1,4 @@
-"""course_lib.training: the diffusion training loop, its targets, its EMA and its checkpoints.
+"""course_lib.train.diffusion: the diffusion training loop, its targets, its EMA and its checkpoints.
 
 A tiny U-Net (8x8, one channel, about 20k parameters) keeps every test well under a second or two.
 """
@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from course_lib.diffusion import diffusion_loss, q_sample, velocity
-from course_lib.schedules import make_schedule
-from course_lib.training import (
+from course_lib.diffusion.forward import diffusion_loss, q_sample, velocity
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.train.diffusion import (
     TrainingConfig,
     ema_decay_at,
     ema_update,
@@ -20,7 +20,7 @@ from course_lib.training import (
     train_diffusion_model,
     training_run_config,
 )
-from course_lib.unet import UNet, UNetConfig
+from course_lib.models.unet import UNet, UNetConfig
 
 
 def tiny_unet(seed: int = 0) -> UNet:

@@ -8,7 +8,7 @@ from diffusers.models.embeddings import TimestepEmbedding as RefTimestepEmbeddin
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.upsampling import Upsample2D as RefUpsample2D
 
-from course_lib.unet import (
+from course_lib.models.unet import (
     Downsample2D,
     TimestepEmbedding,
     UNet,
@@ -16,7 +16,7 @@ from course_lib.unet import (
     Upsample2D,
     timestep_embedding,
 )
-from course_lib.utils import seed_everything
+from course_lib.core.utils import seed_everything
 
 BLOCK_TOL = 1e-6
 MODEL_TOL = 1e-4

@@ -1,4 +1,4 @@
-"""Parity of course_lib.vae with diffusers' AutoencoderKL at a tiny size, and its error messages."""
+"""Parity of course_lib.models.vae with diffusers' AutoencoderKL at a tiny size, and its error messages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution  # noqa: E402
 
-from course_lib.vae import (  # noqa: E402
+from course_lib.models.vae import (  # noqa: E402
     AutoencoderConfig,
     AutoencoderKL,
     DiagonalGaussian,

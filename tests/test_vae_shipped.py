@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib.adherence import score_adherence
-from course_lib.shapeworld import ShapeWorld
-from course_lib.vae import AutoencoderKL
-from course_lib.vae_training import (
+from course_lib.evaluate.adherence import score_adherence
+from course_lib.worlds.shapeworld import ShapeWorld
+from course_lib.models.vae import AutoencoderKL
+from course_lib.train.autoencoder import (
     SHIPPED_VAE_CONFIG,
     TRAIN_SEED_OFFSET,
     AutoencoderTrainingConfig,

@@ -7,9 +7,9 @@ import torch
 
 pytest.importorskip("ipywidgets")
 
-from course_lib.pipeline import img2img_steps, load_shipped_pipeline  # noqa: E402
-from course_lib.shapeworld import ShapeWorld  # noqa: E402
-from course_lib.widgets import MASK_PRESETS, make_generator, mask_preset  # noqa: E402
+from course_lib.pipeline.text_to_image import img2img_steps, load_shipped_pipeline  # noqa: E402
+from course_lib.worlds.shapeworld import ShapeWorld  # noqa: E402
+from course_lib.pipeline.widgets import MASK_PRESETS, make_generator, mask_preset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

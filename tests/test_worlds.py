@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib import shapeworld as sw
-from course_lib.mnist import MNIST5k
-from course_lib.toy2d import grid_of_gaussians, make_mixture, ring_of_gaussians, score_modes
+from course_lib.worlds import shapeworld as sw
+from course_lib.worlds.mnist import MNIST5k
+from course_lib.worlds.toy2d import grid_of_gaussians, make_mixture, ring_of_gaussians, score_modes
 
 
 @pytest.mark.parametrize("mixture", [ring_of_gaussians(), grid_of_gaussians()])

@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from course_lib.utils import get_device, seed_everything
+from course_lib.core.utils import get_device, seed_everything
 
 seed_everything(0)
 device = get_device()
@@ -132,8 +132,8 @@ for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
 # enough high-quality samples land on it. Notebook 01 uses them to show GANs dropping modes.
 
 # %%
-from course_lib.plotting import plot_points_2d
-from course_lib.toy2d import grid_of_gaussians, ring_of_gaussians, score_modes
+from course_lib.core.plotting import plot_points_2d
+from course_lib.worlds.toy2d import grid_of_gaussians, ring_of_gaussians, score_modes
 
 g = torch.Generator().manual_seed(0)
 fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
@@ -158,8 +158,8 @@ print("collapsed sampler:   ", score_modes(collapsed, ring))
 # 50 of each digit. Images are scaled to [-1, 1], the range diffusion models work in.
 
 # %%
-from course_lib.mnist import MNIST5k
-from course_lib.plotting import show_images
+from course_lib.worlds.mnist import MNIST5k
+from course_lib.core.plotting import show_images
 
 digits = MNIST5k("train")
 order = torch.argsort(digits.labels[:400], stable=True)[::4][:80]
@@ -176,8 +176,8 @@ print(len(digits), "training digits,", len(MNIST5k("test")), "test digits")
 # can measure exactly whether a generated image obeys its prompt.
 
 # %%
-from course_lib import shapeworld as sw
-from course_lib.plotting import show_captioned
+from course_lib.worlds import shapeworld as sw
+from course_lib.core.plotting import show_captioned
 
 world = sw.ShapeWorld()
 batch = world.sample(12, seed=0)
@@ -262,8 +262,8 @@ except ValueError as e:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.checkpoints import read_manifest
-from course_lib.classifiers import load_attribute_net, load_digit_classifier
+from course_lib.core.checkpoints import read_manifest
+from course_lib.evaluate.classifiers import load_attribute_net, load_digit_classifier
 
 manifest = read_manifest()
 print(f"data/manifest.json: {len(manifest)} shipped checkpoints")
@@ -297,8 +297,8 @@ print(f"attribute net, foreground pixels of fresh images: shape {(shape_logits.a
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.classifiers import digit_features
-from course_lib.metrics import compare_sets
+from course_lib.evaluate.classifiers import digit_features
+from course_lib.evaluate.metrics import compare_sets
 
 real_a = digit_features(digits.images[:2000])
 real_b = digit_features(digits.images[2000:2500])
@@ -322,7 +322,7 @@ for name, feats in candidates.items():
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.adherence import score_adherence
+from course_lib.evaluate.adherence import score_adherence
 
 rows = {}
 for split in ("train", "heldout"):
@@ -353,8 +353,8 @@ for name, rep in rows.items():
 # %%
 import tempfile
 
-from course_lib.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from course_lib.classifiers import DigitClassifier
+from course_lib.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from course_lib.evaluate.classifiers import DigitClassifier
 
 with tempfile.TemporaryDirectory() as folder:
     save_checkpoint(DigitClassifier(width=8), "my_classifier", config={"width": 8}, folder=folder,
@@ -425,7 +425,7 @@ for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
 # of a white cross.
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # a caption string
 check(answer_1, lambda a: sw.parse_caption(a) == sw.parse_caption("a yellow triangle to the right of a white cross"),

@@ -44,10 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib import gan, toy_diffusion
-from course_lib.plotting import plot_curves, plot_points_2d, show_images
-from course_lib.toy2d import grid_of_gaussians, ring_of_gaussians, score_modes
-from course_lib.utils import count_parameters, get_device, seed_everything
+from course_lib.models import gan
+from course_lib.train import toy_diffusion
+from course_lib.core.plotting import plot_curves, plot_points_2d, show_images
+from course_lib.worlds.toy2d import grid_of_gaussians, ring_of_gaussians, score_modes
+from course_lib.core.utils import count_parameters, get_device, seed_everything
 
 seed_everything(0)
 device = get_device()
@@ -161,7 +162,7 @@ lib_D.net.load_state_dict(discriminator.state_dict())
 by_hand = train_by_hand(generator, discriminator, steps=300, seed=7)
 
 # %% [markdown]
-# `course_lib.gan` holds the same thing: `MLPGenerator`/`MLPDiscriminator`, `discriminator_loss`,
+# `course_lib.models.gan` holds the same thing: `MLPGenerator`/`MLPDiscriminator`, `discriminator_loss`,
 # `generator_loss` and `train_gan`, which also records the losses, what $D$ thinks of real and
 # fake samples, and snapshots of $G$'s samples. Trained from the same weights with the same random
 # stream, it takes exactly the same 300 steps:
@@ -171,7 +172,7 @@ by_hand = train_by_hand(generator, discriminator, steps=300, seed=7)
 z = torch.randn(1000, latent_dim, generator=torch.Generator().manual_seed(0))
 lib_hist = gan.train_gan(lib_G, lib_D, ring.sample, dataclasses.replace(cfg, steps=300, seed=7), show_progress=False)
 print("loss_D, loss_G after 300 steps, by hand:", [round(v, 4) for v in by_hand[-1]])
-print("                         course_lib.gan:", [round(lib_hist.loss_d[-1], 4), round(lib_hist.loss_g[-1], 4)])
+print("                         course_lib.models.gan:", [round(lib_hist.loss_d[-1], 4), round(lib_hist.loss_g[-1], 4)])
 with torch.no_grad():
     print("largest difference of the two generators' outputs:", (generator(z) - lib_G(z)).abs().max().item())
 logits = torch.randn(64, 1, generator=torch.Generator().manual_seed(1))
@@ -314,7 +315,7 @@ print(f"{'GAN':13s}     1 network call:  {score_modes(G.sample(2500, torch.Gener
 # not the same network. Both generators, on the same noise:
 
 # %%
-from course_lib.checkpoints import load_checkpoint, load_weights
+from course_lib.core.checkpoints import load_checkpoint, load_weights
 
 zoo = load_checkpoint("toy_gan_vs_diffusion", toy_diffusion.ToyModelZoo)
 shipped_G = zoo.runs("ring8", "gan")[0]
@@ -404,11 +405,11 @@ plt.show()
 # each from scratch for a few steps, to see the losses move, then load the shipped weights.
 
 # %%
-from course_lib import training
-from course_lib.classifiers import digit_features, load_digit_classifier
-from course_lib.metrics import compare_sets
-from course_lib.mnist import MNIST5k
-from course_lib.unet import UNet
+from course_lib.train import diffusion as training
+from course_lib.evaluate.classifiers import digit_features, load_digit_classifier
+from course_lib.evaluate.metrics import compare_sets
+from course_lib.worlds.mnist import MNIST5k
+from course_lib.models.unet import UNet
 
 train_digits, test_digits = MNIST5k("train"), MNIST5k("test")
 shipped_diffusion = training.load_diffusion_checkpoint("mnist_unet_short", map_location=device)
@@ -569,7 +570,7 @@ plt.show()
 #
 # * A GAN trains a generator against a discriminator; the generator uses the non-saturating loss
 #   $-\log\sigma(D(G(z)))$ because the original minimax loss gives it no gradient when it is bad.
-#   `course_lib.gan` holds the networks, the losses and `train_gan`.
+#   `course_lib.models.gan` holds the networks, the losses and `train_gan`.
 # * A GAN's losses hover around the game's equilibrium whatever the samples look like; measure the
 #   samples instead (modes covered, high-quality share, Frechet distance with its floor).
 # * Same data, parameters and training steps: the diffusion model covered every mode on every seed;
@@ -588,7 +589,7 @@ plt.show()
 # its loss $\mathcal L_D$ (a number, to 3 decimals)?
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # the loss L_D, a float
 check(answer_1, lambda a: abs(a - 2 * math.log(2)) < 1e-3,

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.mnist import MNIST5k
-from course_lib.utils import count_parameters, seed_everything
+from course_lib.worlds.mnist import MNIST5k
+from course_lib.core.utils import count_parameters, seed_everything
 
 seed_everything(0)
 # The networks here are tiny: they run on the CPU everywhere, so every number below is reproducible.
@@ -155,17 +155,17 @@ print("\n".join(rows))
 #
 # ### 1.2 Training both
 # Same data, same batches in the same order, SGD with momentum, learning rate 0.05, 400 steps of 64
-# digits (about 6 passes over the 4,500 training digits). `course_lib.depth` keeps this experiment;
+# digits (about 6 passes over the 4,500 training digits). `course_lib.models.depth` keeps this experiment;
 # first we check that its `DeepMLP` is exactly the network written above.
 
 # %%
-from course_lib.depth import DeepMLP, DeepMLPConfig, accuracy, mean_loss, train_classifier
+from course_lib.models.depth import DeepMLP, DeepMLPConfig, accuracy, mean_loss, train_classifier
 
 lib_plain = DeepMLP(DeepMLPConfig(depth=DEPTH, width=WIDTH, residual=False))
 lib_plain.load_state_dict(plain.state_dict())              # same parameter names, so this just works
 with torch.no_grad():
     same = torch.equal(lib_plain(x0), plain(x0))
-print("course_lib.depth.DeepMLP gives exactly the same output on the same weights:", same)
+print("course_lib.models.depth.DeepMLP gives exactly the same output on the same weights:", same)
 
 # %%
 histories, nets = {}, {}
@@ -336,14 +336,14 @@ print(f"{count_parameters(block):,} parameters")
 # ### 2.1 The same output as diffusers, on the same weights
 # We build `diffusers`' `ResnetBlock2D` with the same sizes, perturb all its weights (so that no
 # default value, such as GroupNorm's weight 1 and bias 0, can hide a mistake), load its state dict
-# into our block and into `course_lib.resnet.ResnetBlock2D`, and compare outputs: with a channel
+# into our block and into `course_lib.models.resnet.ResnetBlock2D`, and compare outputs: with a channel
 # change (1x1 shortcut) and without.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 from diffusers.models.resnet import ResnetBlock2D as DiffusersResnetBlock2D
 
-from course_lib.resnet import ResnetBlock2D
+from course_lib.models.resnet import ResnetBlock2D
 
 for c_in, c_out in ((32, 64), (64, 64)):
     seed_everything(1)
@@ -452,7 +452,7 @@ except ValueError as e:
 #   degradation problem). Skip connections make depth cheap.
 # * Stable Diffusion's residual block is GroupNorm, SiLU, conv3x3, plus a per-channel shift from the
 #   time embedding, GroupNorm, SiLU, dropout, conv3x3, added to the input (through a 1x1
-#   convolution when the channel count changes). Ours and `course_lib.resnet.ResnetBlock2D` give
+#   convolution when the channel count changes). Ours and `course_lib.models.resnet.ResnetBlock2D` give
 #   the same output as `diffusers`' `ResnetBlock2D` on the same weights.
 # * Notebook 03 builds the U-Net from these blocks; notebook 08 builds the autoencoder from them
 #   (without the time embedding).
@@ -465,7 +465,7 @@ except ValueError as e:
 # with its bias), then check.
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # an int
 check(answer_1, lambda a: a == count_parameters(ResnetBlock2D(64, 128, temb_channels=256, groups=32)),

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.utils import count_parameters, seed_everything
+from course_lib.core.utils import count_parameters, seed_everything
 
 seed_everything(0)
 # Everything here runs on the CPU in seconds; the numbers below are reproducible.
@@ -68,7 +68,7 @@ print("torch", torch.__version__)
 # ShapeWorld (notebook 00) knows the truth of every pixel: `semantic_masks()` gives the shape class.
 
 # %%
-from course_lib.segmentation import CLASS_NAMES, shapeworld_segmentation_data
+from course_lib.models.segmentation import CLASS_NAMES, shapeworld_segmentation_data
 
 train_images, train_masks = shapeworld_segmentation_data(20000, seed=0)   # the shipped weights' training set
 test_images, test_masks = shapeworld_segmentation_data(1000, seed=2024)   # fresh images, never trained on
@@ -147,11 +147,11 @@ for skip in (True, False):
           f"output {tuple(net(test_images[:2]).shape)} for input {tuple(test_images[:2].shape)}")
 
 # %% [markdown]
-# `course_lib.segmentation.SegmentationUNet` is this network (with input checks); on the same
+# `course_lib.models.segmentation.SegmentationUNet` is this network (with input checks); on the same
 # weights it gives exactly the same output:
 
 # %%
-from course_lib.segmentation import SegmentationUNet, SegmentationUNetConfig
+from course_lib.models.segmentation import SegmentationUNet, SegmentationUNetConfig
 
 for skip in (True, False):
     seed_everything(0)
@@ -166,7 +166,7 @@ for skip in (True, False):
 # both networks. (The progress bar shows in Jupyter.)
 
 # %%
-from course_lib.segmentation import mean_iou, predict, train_segmenter
+from course_lib.models.segmentation import mean_iou, predict, train_segmenter
 
 live = {}
 for skip in (True, False):
@@ -197,8 +197,8 @@ for skip in (True, False):
 # are printed below). Their training curves, stored with the weights:
 
 # %%
-from course_lib.checkpoints import load_checkpoint, load_weights
-from course_lib.segmentation import boundary_pixels, iou_per_class
+from course_lib.core.checkpoints import load_checkpoint, load_weights
+from course_lib.models.segmentation import boundary_pixels, iou_per_class
 
 shipped, curves = {}, {}
 for skip, name in ((True, "segmentation_unet"), (False, "segmentation_unet_no_skip")):
@@ -337,7 +337,7 @@ print(f"ShapeWorld drawn at 64x64 (shapes twice as large): mean IoU with skips "
 # A denoiser takes a noisy image `x_t` and the noise level `t` and predicts the noise (notebooks 05
 # and 06). Its output has the same size as its input and must be right at every pixel: the same
 # need as segmentation, so the same shape of network. Stable Diffusion's U-Net
-# (`course_lib.unet.UNet`, keys identical to `diffusers`' `UNet2DModel` / `UNet2DConditionModel`)
+# (`course_lib.models.unet.UNet`, keys identical to `diffusers`' `UNet2DModel` / `UNet2DConditionModel`)
 # keeps the U and the skips and changes the parts:
 #
 # | segmentation U-Net (above) | denoising U-Net |
@@ -378,7 +378,7 @@ plt.show()
 from diffusers.models.embeddings import TimestepEmbedding as DiffusersTimestepEmbedding
 from diffusers.models.embeddings import get_timestep_embedding
 
-from course_lib.unet import TimestepEmbedding, timestep_embedding
+from course_lib.models.unet import TimestepEmbedding, timestep_embedding
 
 want = get_timestep_embedding(t_all, 64, flip_sin_to_cos=True, downscale_freq_shift=0)
 print("by hand == diffusers:", torch.allclose(emb, want, atol=1e-6, rtol=0),
@@ -427,7 +427,7 @@ class SelfAttention(nn.Module):
 # NBVAL_CHECK_OUTPUT
 from diffusers.models.attention_processor import Attention as DiffusersAttention
 
-from course_lib.attention import AttentionBlock
+from course_lib.models.attention import AttentionBlock
 
 # This is how diffusers' UNet2DModel builds its attention blocks (and the SD autoencoder its mid block).
 seed_everything(0)
@@ -471,7 +471,7 @@ for side in (8, 16, 32, 64):
 from diffusers.models.downsampling import Downsample2D as DiffusersDownsample2D
 from diffusers.models.upsampling import Upsample2D as DiffusersUpsample2D
 
-from course_lib.unet import Downsample2D, Upsample2D
+from course_lib.models.unet import Downsample2D, Upsample2D
 
 
 class Down(nn.Module):
@@ -509,12 +509,12 @@ for name, ref, mine, lib in (
 
 # %% [markdown]
 # ### 2.4 The whole denoising U-Net
-# `course_lib.unet.UNet` assembles these parts with the residual blocks of notebook 02. Three levels
+# `course_lib.models.unet.UNet` assembles these parts with the residual blocks of notebook 02. Three levels
 # (32x32, 16x16, 8x8), one residual block per level on the way down and two on the way up (each
 # eats one skip), self-attention at 8x8 and in the middle. Following one batch through it:
 
 # %%
-from course_lib.unet import UNet, UNetConfig
+from course_lib.models.unet import UNet, UNetConfig
 
 config = UNetConfig(in_channels=3, out_channels=3, sample_size=32, block_out_channels=(32, 64, 64),
                     layers_per_block=1, attention_levels=(2,), norm_num_groups=8,
@@ -602,7 +602,7 @@ for what, attempt in attempts.items():
 # * The denoising U-Net keeps the U and the skips and changes the parts: residual blocks with a
 #   sinusoidal **timestep embedding**, **self-attention** at low resolution (its cost grows with the
 #   fourth power of the side), a strided convolution down and nearest-neighbour + convolution up.
-#   Each part, and the whole `course_lib.unet.UNet`, gives the same output as `diffusers` on the
+#   Each part, and the whole `course_lib.models.unet.UNet`, gives the same output as `diffusers` on the
 #   same weights.
 # * Sizes a U-Net cannot halve and channel counts GroupNorm cannot split are errors that say what
 #   to change, raised when the model is built or called.
@@ -614,7 +614,7 @@ for what, attempt in attempts.items():
 # take: 28, 32, 40, 44, 48, 60, 64? Answer with the list.
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 
 def _accepted(side: int) -> bool:

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from course_lib import shapeworld as sw
-from course_lib.utils import get_device, seed_everything
+from course_lib.worlds import shapeworld as sw
+from course_lib.core.utils import get_device, seed_everything
 
 seed_everything(0)
 device = get_device("cpu")  # everything here is small; the CPU keeps every number reproducible
@@ -142,11 +142,11 @@ for word in ["red", "circles", "square", "reddish", "blues"]:
     print(f"{word:8s} -> {apply_bpe(word, hand_merges)}")
 
 # %% [markdown]
-# `course_lib.tokenizer` holds the same algorithm, plus what a real tokenizer needs (next
+# `course_lib.models.tokenizer` holds the same algorithm, plus what a real tokenizer needs (next
 # section). On the same text it learns the same merges, in the same order, and splits words the same way:
 
 # %%
-from course_lib.tokenizer import CLIPStyleTokenizer, train_bpe
+from course_lib.models.tokenizer import CLIPStyleTokenizer, train_bpe
 
 vocab, lib_merges = train_bpe(corpus, num_merges=50)
 print(f"same {len(lib_merges)} merges as by hand:", lib_merges == hand_merges)
@@ -172,7 +172,7 @@ print("same words:", all(small_tok.tokenize(w) == apply_bpe(w, hand_merges)
 # stopped when every word of the grammar had become one token.
 
 # %%
-from course_lib.clip_training import load_shipped_tokenizer
+from course_lib.train.clip import load_shipped_tokenizer
 
 tok = load_shipped_tokenizer()
 print(tok)
@@ -192,8 +192,8 @@ print("start id", tok.bos_token_id, "| end id (also padding)", tok.eos_token_id,
 # %%
 from transformers import CLIPTokenizer
 
-from course_lib.paths import data_dir
-from course_lib.tokenizer import PromptTruncatedWarning
+from course_lib.core.paths import data_dir
+from course_lib.models.tokenizer import PromptTruncatedWarning
 
 hf_tok = CLIPTokenizer.from_pretrained(str(data_dir() / "tokenizer"))
 prompts = [
@@ -222,7 +222,7 @@ for w in caught:
 # tokenizer warns and names the dropped words (Stable Diffusion's pipelines log a similar warning).
 
 # %%
-from course_lib.tokenizer import bytes_to_unicode
+from course_lib.models.tokenizer import bytes_to_unicode
 
 byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
 print("'собака' in UTF-8:", "собака".encode("utf-8").hex(" "))
@@ -246,8 +246,8 @@ print("token -> byte:    ", [f"{t.replace('</w>', '')}={byte_of[t.replace('</w>'
 # 12 heads) but the same architecture, parameter for parameter.
 
 # %%
-from course_lib.clip_training import load_shipped_clip
-from course_lib.utils import count_parameters
+from course_lib.train.clip import load_shipped_clip
+from course_lib.core.utils import count_parameters
 
 _, clip_model = load_shipped_clip()
 encoder = clip_model.text_encoder
@@ -306,7 +306,7 @@ print(f"hand-built vs course_lib: max |difference| {(mine_last - lib.last_hidden
 
 # %% [markdown]
 # ### 2.2 The same weights in `transformers`
-# `course_lib.clip.CLIPTextEncoder` uses the parameter names of `transformers`' `CLIPTextModel`, so
+# `course_lib.models.clip.CLIPTextEncoder` uses the parameter names of `transformers`' `CLIPTextModel`, so
 # a state dict moves between them unchanged (notebook 11 loads the public SD weights this way).
 # A tiny *random* `CLIPTextModel`, its weights loaded into ours, gives the same outputs:
 
@@ -314,7 +314,7 @@ print(f"hand-built vs course_lib: max |difference| {(mine_last - lib.last_hidden
 from transformers import CLIPTextConfig as HFTextConfig
 from transformers import CLIPTextModel
 
-from course_lib.clip import CLIPTextConfig, CLIPTextEncoder, load_hf_clip_text_state_dict
+from course_lib.models.clip import CLIPTextConfig, CLIPTextEncoder, load_hf_clip_text_state_dict
 
 torch.manual_seed(0)
 hf_config = HFTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=128, num_hidden_layers=2,
@@ -410,8 +410,8 @@ print("pooled moves when the first word changes:", f"{(first_word[0] - pooled_77
 # with CLIP's plain loss, the identity targets:
 
 # %%
-from course_lib.clip import clip_loss, matching_targets
-from course_lib.clip_training import caption_key
+from course_lib.models.clip import clip_loss, matching_targets
+from course_lib.train.clip import caption_key
 
 captions = ["two red squares", "a red circle above a blue square", "two red squares",
             "a blue square below a red circle"]
@@ -453,7 +453,7 @@ print(f"same meaning as matches:            {clip_loss(logits, matching_targets(
 # (extra columns of the logits, used only in the image -> text direction):
 
 # %%
-from course_lib.clip_training import hard_negative_captions
+from course_lib.train.clip import hard_negative_captions
 
 print(hard_negative_captions(["a red circle above a blue square"]))
 texts = captions + hard_negative_captions(captions)
@@ -465,7 +465,7 @@ print(matching_targets(keys, [caption_key(t) for t in texts]).int())
 # images, so nothing is ever seen twice). The loss starts near log(batch size), chance, and falls.
 
 # %%
-from course_lib.clip_training import (
+from course_lib.train.clip import (
     ClipTrainingConfig,
     build_clip_model,
     clip_model_config,
@@ -484,7 +484,7 @@ print(f"{count_parameters(small):,} parameters; {short.steps} steps in {short_hi
       f"(chance: log 64 = {math.log(64):.2f})")
 
 # %%
-from course_lib.plotting import plot_curves
+from course_lib.core.plotting import plot_curves
 
 ax = plot_curves({"short run (batch 64)": short_history.loss}, smooth=5, title="contrastive loss, a short run")
 ax.axhline(math.log(64), color="gray", ls=":", label="chance, log 64")
@@ -501,8 +501,8 @@ print("after the short run, zero-shot colour accuracy on fresh images:", round(q
 # long, and the loss at every step.
 
 # %%
-from course_lib.checkpoints import read_manifest
-from course_lib.clip_training import shipped_metrics
+from course_lib.core.checkpoints import read_manifest
+from course_lib.train.clip import shipped_metrics
 
 stored = shipped_metrics()
 entry = read_manifest()["clip_shapeworld"]
@@ -526,7 +526,7 @@ plt.show()
 # every row and column.
 
 # %%
-from course_lib.clip_training import encode_images, encode_texts
+from course_lib.train.clip import encode_images, encode_texts
 
 world = sw.ShapeWorld()
 show = world.sample(64, seed=7, split="train")
@@ -564,13 +564,13 @@ plt.show()
 #
 # How to score "which colour?" when a caption also names a shape, a size and a place? CLIP's
 # recipe averages the embeddings of many prompts per class ("prompt ensembling";
-# `course_lib.clip.zero_shot_classify` does it). In CLIP's setting the other words ("a photo of
+# `course_lib.models.clip.zero_shot_classify` does it). In CLIP's setting the other words ("a photo of
 # a ...", "a drawing of a ...") are irrelevant to the class. Here they are not: a caption with the
 # wrong colour matches badly whatever its shape, so the average over all colours blurs the shape
 # signal. Let us measure both on the same images.
 
 # %%
-from course_lib.clip import zero_shot_classify
+from course_lib.models.clip import zero_shot_classify
 
 singles = world.sample(500, seed=11, split="train", kinds=("single",))
 shape_prompts = [[sw.single_caption(c, s, z, loc) for c in sw.COLORS for z in sw.SIZES for loc in sw.LOCATIONS]
@@ -592,7 +592,7 @@ print(f"shape, probability summed over full captions:    {marginal_acc:.3f}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.clip_training import format_report
+from course_lib.train.clip import format_report
 
 torch.manual_seed(0)
 reports = {"seen": evaluate_clip(clip_model, tok, "train"), "held-out": evaluate_clip(clip_model, tok, "heldout")}
@@ -683,7 +683,7 @@ print("context for the U-Net:", tuple(context.shape), "| the empty prompt (used 
 # by reasoning first, then check with `tok.encode`.
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # e.g. (4, 6)
 check(answer_1, lambda a: tuple(a) == (len(tok.encode("three purple crosses")),

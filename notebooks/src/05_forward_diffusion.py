@@ -38,8 +38,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from course_lib.mnist import MNIST5k
-from course_lib.utils import seed_everything
+from course_lib.worlds.mnist import MNIST5k
+from course_lib.core.utils import seed_everything
 
 seed_everything(0)
 digits = MNIST5k("train").images          # (4500, 1, 28, 28), pixel values in [-1, 1]
@@ -87,7 +87,7 @@ def betas_cosine(T, s=0.008, max_beta=0.999):
 my_betas = {"linear": betas_linear(T), "scaled_linear": betas_scaled_linear(T), "cosine": betas_cosine(T)}
 
 # %% [markdown]
-# The same three schedules live in `course_lib.schedules` (as `NoiseSchedule` objects that later
+# The same three schedules live in `course_lib.diffusion.schedules` (as `NoiseSchedule` objects that later
 # notebooks import). Both must agree with `diffusers`' `DDPMScheduler`, the reference
 # implementation, which names the cosine schedule `squaredcos_cap_v2`:
 
@@ -95,7 +95,7 @@ my_betas = {"linear": betas_linear(T), "scaled_linear": betas_scaled_linear(T), 
 # NBVAL_CHECK_OUTPUT
 from diffusers import DDPMScheduler
 
-from course_lib.schedules import make_schedule
+from course_lib.diffusion.schedules import make_schedule
 
 schedules = {name: make_schedule(name, T) for name in my_betas}
 diffusers_names = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
@@ -271,12 +271,12 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# `course_lib.diffusion` keeps both: `q_step` (one step of the chain) and `q_sample` (the closed
+# `course_lib.diffusion.forward` keeps both: `q_step` (one step of the chain) and `q_sample` (the closed
 # form). Given the same noise they reproduce our hand-written versions exactly:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.diffusion import q_sample, q_step
+from course_lib.diffusion.forward import q_sample, q_step
 
 lin = schedules["linear"]
 noise = torch.randn(4, 1, 28, 28, generator=g, dtype=torch.float64)
@@ -300,7 +300,7 @@ print("per-image timesteps:", [f"{v:.3f}" for v in q_sample(torch.ones(4, 1), t_
 # linear schedule has all but erased the digit by t = 400; the cosine one still shows it at t = 600.
 
 # %%
-from course_lib.plotting import show_images
+from course_lib.core.plotting import show_images
 
 ts = [0, 50, 100, 200, 300, 400, 600, 800, 999]
 eps = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -382,7 +382,7 @@ for t in (100, 300, 600):
 # ## Summary
 # * The forward process adds noise in $T = 1000$ small steps, $x_t = \sqrt{1-\beta_t}\,x_{t-1} +
 #   \sqrt{\beta_t}\,\varepsilon$; the list of $\beta_t$ is the noise schedule. DDPM's linear, SD's
-#   scaled-linear and the cosine schedule, written by hand, equal `course_lib.schedules` and
+#   scaled-linear and the cosine schedule, written by hand, equal `course_lib.diffusion.schedules` and
 #   `diffusers`' `DDPMScheduler`.
 # * Everything follows from $\bar\alpha_t = \prod(1-\beta_s)$: the signal scale
 #   $\alpha_t = \sqrt{\bar\alpha_t}$, the noise scale $\sigma_t = \sqrt{1-\bar\alpha_t}$, the SNR and the
@@ -401,7 +401,7 @@ for t in (100, 300, 600):
 # t = 500? Compute it from the betas (one line with `torch.cumprod`), not from the table.
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # a float
 check(answer_1, lambda a: abs(a - float(schedules["linear"].alphas_cumprod[500]) ** 0.5) < 1e-4,
@@ -423,7 +423,7 @@ check(answer_2, lambda a: abs(a[0] + float(schedules["scaled_linear"].alphas_cum
 # `betas[t] = 1 - ab[t] / ab[t-1]`.) Check it with `NoiseSchedule(betas).log_snr`.
 
 # %%
-from course_lib.schedules import NoiseSchedule
+from course_lib.diffusion.schedules import NoiseSchedule
 
 answer_3 = None  # a (1000,) float64 tensor of betas
 check(answer_3, lambda a: torch.allclose(NoiseSchedule(a).log_snr, torch.linspace(10, -10, T, dtype=torch.float64),

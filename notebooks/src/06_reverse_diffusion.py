@@ -38,12 +38,12 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from course_lib.diffusion import q_sample
-from course_lib.mnist import MNIST5k
-from course_lib.plotting import plot_curves, show_images
-from course_lib.schedules import make_schedule
-from course_lib.unet import UNet, UNetConfig
-from course_lib.utils import count_parameters, get_device, seed_everything
+from course_lib.diffusion.forward import q_sample
+from course_lib.worlds.mnist import MNIST5k
+from course_lib.core.plotting import plot_curves, show_images
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.models.unet import UNet, UNetConfig
+from course_lib.core.utils import count_parameters, get_device, seed_everything
 
 seed_everything(0)
 device = get_device()
@@ -123,13 +123,13 @@ plt.show()
 # steps the U-Net has learned the easy part: at low noise, $x_t$ *is* almost the digit, and the
 # noise is what is left after subtracting a smooth version of it.
 #
-# `course_lib.training.train_diffusion_model` is the library version of this loop (it adds warm-up,
+# `course_lib.train.diffusion.train_diffusion_model` is the library version of this loop (it adds warm-up,
 # gradient clipping, an EMA of the weights and a progress bar). Switched to the same plain settings,
 # from the same initial weights and seed, it takes exactly the same steps:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.training import TrainingConfig, train_diffusion_model
+from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
 
 same_start = UNet(unet_config).to(device)
 same_start.load_state_dict(initial_weights)
@@ -198,7 +198,7 @@ print(f"v-prediction loss, first 10 steps: {sum(v_run.losses[:10]) / 10:.2f}   "
 # ships a model trained by its own script with this same library loop, and records how:
 
 # %%
-from course_lib.training import load_diffusion_checkpoint
+from course_lib.train.diffusion import load_diffusion_checkpoint
 
 ckpt = load_diffusion_checkpoint("mnist_unet")
 model, m = ckpt.model.to(device), ckpt.meta["metrics"]
@@ -261,7 +261,7 @@ show_images(ddpm_digits, nrow=8, title="DDPM, 1000 steps")
 plt.show()
 
 # %% [markdown]
-# `course_lib.samplers.sample(..., sampler="ddpm")` is the library's version (it also runs strided,
+# `course_lib.diffusion.samplers.sample(..., sampler="ddpm")` is the library's version (it also runs strided,
 # with fewer steps, and matches `diffusers`' `DDPMScheduler`; see notebook 07). Same model, same
 # starting noise, same generator for the noise of each step: the same digits. Not bit for bit: the
 # two compute the same formulas in a different order, and over 1,000 steps float32 rounding grows
@@ -269,7 +269,7 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.samplers import sample
+from course_lib.diffusion.samplers import sample
 
 lib_ddpm = sample(model, schedule, x_T[:8], sampler="ddpm", steps=1000, generator=torch.Generator().manual_seed(1),
                   model_schedule=ckpt.schedule)
@@ -363,7 +363,7 @@ plt.show()
 from IPython.display import HTML
 from matplotlib import animation
 
-from course_lib.plotting import image_grid
+from course_lib.core.plotting import image_grid
 
 frames = [image_grid(ddim_path[i][:8], nrow=8, value_range=(-1.5, 1.5)) for i in range(0, len(ddim_path), 4)]
 fig, ax = plt.subplots(figsize=(4.0, 0.75), dpi=72)
@@ -397,7 +397,7 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.classifiers import load_digit_classifier
+from course_lib.evaluate.classifiers import load_digit_classifier
 
 judge = load_digit_classifier()
 x_T64 = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(7)).to(device)
@@ -416,14 +416,14 @@ print(f"real test digits: mean confidence {real_probs.max(1).values.mean():.2f}"
 # %% [markdown]
 # ## Summary
 # * A diffusion model is trained to predict the noise in $x_t = \alpha_t x_0 + \sigma_t\varepsilon$ with a
-#   plain mean squared error; the loop is a dozen lines, and `course_lib.training` is the same loop
+#   plain mean squared error; the loop is a dozen lines, and `course_lib.train.diffusion` is the same loop
 #   with warm-up, clipping, an EMA and a progress bar (equal losses from equal starts).
 # * v-prediction ($v = \alpha_t\varepsilon - \sigma_t x_0$, SD 2) keeps the error in $\hat x_0$ bounded at
 #   high noise; it is one option of the same loop and of every sampler.
 # * DDPM samples by drawing from the Gaussian posterior $q(x_{t-1}\mid x_t, \hat x_0)$, 1000 model
 #   calls per image. DDIM reuses the same network with a non-Markovian process that jumps between
 #   timesteps; with $\eta = 0$ it is deterministic and gives digits in 10-50 calls.
-# * The hand-written samplers equal `course_lib.samplers` on the same model and noise; the shipped
+# * The hand-written samplers equal `course_lib.diffusion.samplers` on the same model and noise; the shipped
 #   model was made by `scripts/train_mnist_diffusion.py` with the command printed above. The judge
 #   finds its digits confident (0.95 with DDPM, 0.93 with DDIM, against 0.99 for real ones) and
 #   spread over all ten classes, if unevenly (3 to 13 of 64 per class with DDPM): a 0.7M-parameter
@@ -437,8 +437,8 @@ print(f"real test digits: mean confidence {real_probs.max(1).values.mean():.2f}"
 # returns the velocity the same prediction implies. (Hint: $\hat x_0$ first.)
 
 # %%
-from course_lib.diffusion import predict_v
-from course_lib.exercises import check
+from course_lib.diffusion.forward import predict_v
+from course_lib.core.exercises import check
 
 
 def v_from_eps(x_t, eps, t):

@@ -40,10 +40,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from course_lib.plotting import show_images
-from course_lib.samplers import dpm_solver_timesteps, make_timesteps, sample
-from course_lib.training import load_diffusion_checkpoint
-from course_lib.utils import get_device, seed_everything
+from course_lib.core.plotting import show_images
+from course_lib.diffusion.samplers import dpm_solver_timesteps, make_timesteps, sample
+from course_lib.train.diffusion import load_diffusion_checkpoint
+from course_lib.core.utils import get_device, seed_everything
 
 seed_everything(0)
 device = get_device()
@@ -254,7 +254,7 @@ import warnings
 
 import diffusers
 
-from course_lib.schedules import make_schedule
+from course_lib.diffusion.schedules import make_schedule
 
 diffusers.utils.logging.set_verbosity_error()        # diffusers' notes about its own deprecations
 warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
@@ -520,9 +520,9 @@ print(f"{'floor':17s}{floor['frechet']:10.1f};  1000-step DDPM {ddpm_1000['frech
 # %%
 import torch.nn.functional as F
 
-from course_lib import metrics
-from course_lib.diffusion import predict_x0
-from course_lib.mnist import MNIST5k
+from course_lib.evaluate import metrics
+from course_lib.diffusion.forward import predict_x0
+from course_lib.worlds.mnist import MNIST5k
 
 
 def isolated_faint_pixels(x):
@@ -656,7 +656,7 @@ def sampler_panel(name, steps, x=x_T):
 import ipywidgets as widgets
 from IPython.display import display
 
-from course_lib.samplers import available_samplers
+from course_lib.diffusion.samplers import available_samplers
 
 
 def make_sampler_explorer(panel=sampler_panel):
@@ -725,7 +725,7 @@ for what, attempt in attempts.items():
 # **1.** How many model calls does PLMS spend on 25 steps? Run it and read `model_calls`.
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # an int
 check(answer_1, lambda a: a == sample(tiny, sd_schedule, x_tiny, "plms", 25).model_calls,

@@ -14,7 +14,7 @@
 # - say why latent diffusion is cheaper, and measure the cost of one U-Net step in pixel space and
 #   in latent space;
 # - build the autoencoder's residual block and its Gaussian posterior (sampling and KL) by hand, and
-#   show that `course_lib.vae` and diffusers' `AutoencoderKL` compute the same numbers on the same weights;
+#   show that `course_lib.models.vae` and diffusers' `AutoencoderKL` compute the same numbers on the same weights;
 # - train a KL autoencoder and judge its reconstructions with PSNR, a Frechet distance (with its
 #   floor) and prompt adherence, and show what detail it loses;
 # - compute the latent scale factor the way SD computed 0.18215, and explain what the KL weight does
@@ -46,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from course_lib.plotting import image_grid, plot_curves, show_images
-from course_lib.shapeworld import ShapeWorld
-from course_lib.utils import count_parameters, get_device, seed_everything
+from course_lib.core.plotting import image_grid, plot_curves, show_images
+from course_lib.worlds.shapeworld import ShapeWorld
+from course_lib.core.utils import count_parameters, get_device, seed_everything
 
 seed_everything(0)
 device = get_device()
@@ -91,9 +91,9 @@ for name, image, latent in [("Stable Diffusion 1.x/2.x", (3, 512, 512), (4, 64, 
 # latent diffusion runs once per image, not once per step.
 
 # %%
-from course_lib.unet import UNet, UNetConfig
-from course_lib.vae import AutoencoderConfig, AutoencoderKL
-from course_lib.vae_training import SHIPPED_VAE_CONFIG
+from course_lib.models.unet import UNet, UNetConfig
+from course_lib.models.vae import AutoencoderConfig, AutoencoderKL
+from course_lib.train.autoencoder import SHIPPED_VAE_CONFIG
 
 unet_pixel = UNet(UNetConfig(in_channels=3, out_channels=3, sample_size=32, block_out_channels=(32, 64, 64))).eval()
 unet_latent = UNet(UNetConfig(in_channels=4, out_channels=4, sample_size=8, block_out_channels=(32, 64, 64))).eval()
@@ -220,13 +220,13 @@ def posterior_sample_and_kl(moments, noise):
 
 
 # %% [markdown]
-# Both pieces against `course_lib.vae` on the same weights and the same noise (the shipped
+# Both pieces against `course_lib.models.vae` on the same weights and the same noise (the shipped
 # autoencoder's weights, loaded in section 4; here a freshly initialised one, with its
 # parameters randomised so every weight matters):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.vae import DiagonalGaussian
+from course_lib.models.vae import DiagonalGaussian
 
 torch.manual_seed(0)
 with torch.no_grad():
@@ -248,7 +248,7 @@ with torch.no_grad():
 
 # %% [markdown]
 # ### 2.3 The same numbers as diffusers
-# `course_lib.vae.AutoencoderKL` uses the parameter names of diffusers' `AutoencoderKL`, so one
+# `course_lib.models.vae.AutoencoderKL` uses the parameter names of diffusers' `AutoencoderKL`, so one
 # `load_state_dict` moves weights between them, and the public SD autoencoder loads into ours
 # (notebook 11). Here diffusers' model is built with our sizes and given these same random weights:
 
@@ -279,7 +279,7 @@ if diffusers is not None:
 # ## 3. Training it, and what SD really trained with
 #
 # The loss is a reconstruction error plus a KL term that pulls each posterior towards N(0, 1):
-# `vae_loss(x, recon, posterior, kl_weight, kind)` in `course_lib.vae`, summed over pixels and
+# `vae_loss(x, recon, posterior, kl_weight, kind)` in `course_lib.models.vae`, summed over pixels and
 # latent numbers, averaged over the batch. SD's weight is **1e-6**: far too small to make the
 # latents a standard normal; it only keeps them from drifting to huge values.
 #
@@ -297,7 +297,7 @@ if diffusers is not None:
 # loss falling:
 
 # %%
-from course_lib.vae_training import AutoencoderTrainingConfig, train_autoencoder
+from course_lib.train.autoencoder import AutoencoderTrainingConfig, train_autoencoder
 
 seed_everything(0)
 vae_brief = AutoencoderKL(SHIPPED_VAE_CONFIG)
@@ -311,7 +311,7 @@ print(f"100 steps of 16 images in {brief.seconds:.0f} s ({brief.images_per_secon
 # the same loss, for much longer; its curve is stored with its weights:
 
 # %%
-from course_lib.vae_training import load_shipped_autoencoder, shipped_autoencoder_metrics
+from course_lib.train.autoencoder import load_shipped_autoencoder, shipped_autoencoder_metrics
 
 shipped = shipped_autoencoder_metrics()
 every = shipped["loss_curve_every"]
@@ -337,7 +337,7 @@ print("made by:", shipped["command"])
 vae = load_shipped_autoencoder()
 batch = world.sample(12, seed=2024)
 x = batch.tensors()
-from course_lib.vae_training import reconstruct
+from course_lib.train.autoencoder import reconstruct
 
 recon_brief, recon = reconstruct(vae_brief, x), reconstruct(vae, x)
 show_images(torch.cat([x, recon_brief, recon]), nrow=12,
@@ -362,7 +362,7 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.vae_training import evaluate_reconstructions
+from course_lib.train.autoencoder import evaluate_reconstructions
 
 print(f"{'split':8s} {'PSNR dB':>8s} {'Frechet':>8s} {'floor':>6s} {'adherence':>10s} {'originals':>10s} "
       f"{'exact':>6s} {'originals':>10s}")
@@ -404,7 +404,7 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.vae_training import psnr
+from course_lib.train.autoencoder import psnr
 
 print(f"mean |error| at edges {err[edges].mean():.3f}, elsewhere {err[~edges].mean():.4f} "
       f"({edges.float().mean():.0%} of pixels are edge pixels)")
@@ -424,7 +424,7 @@ print(f"pairs: {p[batch.kinds == 1].mean():.1f} dB, counts (2-3 objects): {p[bat
 # shapes, and draws them where it can.
 
 # %%
-from course_lib.mnist import MNIST5k
+from course_lib.worlds.mnist import MNIST5k
 
 g = torch.Generator().manual_seed(0)
 ii, jj = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
@@ -463,7 +463,7 @@ for name, value in zip(tests, psnr(probe, probe_recon)):
 # through: each latent position describes its 4x4 patch.
 
 # %%
-from course_lib.vae_training import encode_latents
+from course_lib.train.autoencoder import encode_latents
 
 x = world.sample(6, seed=5).tensors()
 z = encode_latents(vae, x, scale=False)                # (6, 3, 32, 32) -> (6, 4, 8, 8), the posterior means
@@ -492,7 +492,7 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.vae import compute_scale_factor
+from course_lib.models.vae import compute_scale_factor
 
 images = world.sample(2048, seed=0).tensors()
 scale = compute_scale_factor(vae, images, generator=torch.Generator().manual_seed(0))
@@ -530,7 +530,7 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.paths import REPO_ROOT
+from course_lib.core.paths import REPO_ROOT
 
 sweep = json.loads((REPO_ROOT / "benchmarks" / "results" / "vae_kl_sweep.json").read_text())
 print("made by:", sweep["command"])
@@ -573,7 +573,7 @@ plt.show()
 # scale factor). Our shipped autoencoder is at the left too; random latents decode to this:
 
 # %%
-from course_lib.vae_training import decode_latents
+from course_lib.train.autoencoder import decode_latents
 
 noise = torch.randn(16, 4, 8, 8, generator=torch.Generator().manual_seed(0))
 show_images(decode_latents(vae, noise, scaled=True), nrow=16, title="decoding N(0, 1) latents: not images")
@@ -597,7 +597,7 @@ plt.show()
 # * The scale factor is `1 / std` of sampled latents (SD: 0.18215; ours is stored in
 #   `vae.config.scaling_factor`) and gives the diffusion model unit-variance latents.
 # * The KL weight trades reconstruction for latents that look like N(0, 1); SD keeps it at 1e-6
-#   and lets diffusion do the generating. `course_lib.vae` and `course_lib.vae_training`
+#   and lets diffusion do the generating. `course_lib.models.vae` and `course_lib.train.autoencoder`
 #   (`load_shipped_autoencoder`, `encode_latents`, `decode_latents`) carry this into notebooks 09-10.
 #
 # ## Exercises
@@ -608,7 +608,7 @@ plt.show()
 # image?
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # an int
 check(answer_1, lambda a: a == 4 * (1024 // 8) ** 2,

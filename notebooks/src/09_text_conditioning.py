@@ -13,7 +13,7 @@
 # **After this notebook you will be able to:**
 # - write cross-attention and SD's spatial transformer block (input projection, self-attention,
 #   cross-attention, GEGLU feed-forward, output projection) by hand, and show they equal
-#   `course_lib.attention` and diffusers' `Transformer2DModel` on the same weights;
+#   `course_lib.models.attention` and diffusers' `Transformer2DModel` on the same weights;
 # - train a latent U-Net on captions with the frozen text encoder of notebook 04 and the frozen
 #   autoencoder of notebook 08, dropping 10% of the captions so that one network learns both the
 #   conditional and the unconditional prediction;
@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.plotting import show_captioned, show_images
-from course_lib.utils import count_parameters, seed_everything
+from course_lib.core.plotting import show_captioned, show_images
+from course_lib.core.utils import count_parameters, seed_everything
 
 seed_everything(0)
 print("torch", torch.__version__)
@@ -150,7 +150,7 @@ from diffusers import Transformer2DModel
 # diffusers' own forward pass prints a deprecation notice about its output class; it is not ours.
 warnings.filterwarnings("ignore", message=".*Transformer2DModelOutput.*", category=FutureWarning)
 
-from course_lib.attention import SpatialTransformer
+from course_lib.models.attention import SpatialTransformer
 
 torch.manual_seed(0)
 C, HEADS, HEAD_DIM, CTX = 32, 2, 16, 64
@@ -211,7 +211,7 @@ print(f"changing the text changes the output: {moved > 1e-3}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.clip_training import load_shipped_clip
+from course_lib.train.clip import load_shipped_clip
 
 tokenizer, clip = load_shipped_clip()
 pair = ["a red circle above a blue square", "a blue circle above a red square"]
@@ -238,11 +238,11 @@ for name, part in (("the words' positions", slice(1, n - 1)), ("the padding posi
 # which also makes each training step cheaper.
 
 # %%
-from course_lib.schedules import make_schedule
-from course_lib.text_to_image_training import LatentCaptionData, TextConditioner, t2i_unet_config
-from course_lib.training import TrainingConfig, train_diffusion_model
-from course_lib.unet import UNet
-from course_lib.vae_training import load_shipped_autoencoder
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.train.text_to_image import LatentCaptionData, TextConditioner, t2i_unet_config
+from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
+from course_lib.models.unet import UNet
+from course_lib.train.autoencoder import load_shipped_autoencoder
 
 vae = load_shipped_autoencoder()
 text = TextConditioner(tokenizer, clip.text_encoder, mask_padding=True)   # frozen; caches each caption
@@ -273,8 +273,8 @@ print(f"60 steps: loss {first:.3f} -> {last:.3f} ({short.images_per_second:.0f} 
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.text_to_image_training import SHIPPED_T2I_UNET
-from course_lib.training import load_diffusion_checkpoint
+from course_lib.train.text_to_image import SHIPPED_T2I_UNET
+from course_lib.train.diffusion import load_diffusion_checkpoint
 
 shipped = load_diffusion_checkpoint(SHIPPED_T2I_UNET)
 m = shipped.meta["metrics"]
@@ -302,10 +302,10 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.attention import BasicTransformerBlock
-from course_lib.diffusion import q_sample
-from course_lib.pipeline import TextToImagePipeline
-from course_lib.prompt_eval import evaluate_prompts
+from course_lib.models.attention import BasicTransformerBlock
+from course_lib.diffusion.forward import q_sample
+from course_lib.pipeline.text_to_image import TextToImagePipeline
+from course_lib.evaluate.prompt_eval import evaluate_prompts
 
 first_model = load_diffusion_checkpoint("shapeworld_t2i_unet_77")
 
@@ -365,8 +365,8 @@ for name, ck, masked in (("first (77 positions)", first_model, False), ("shipped
 # notebook 07; the sampler only ever sees a function `model_fn(x, t)`.
 
 # %%
-from course_lib.samplers import sample
-from course_lib.vae_training import decode_latents
+from course_lib.diffusion.samplers import sample
+from course_lib.train.autoencoder import decode_latents
 
 unet = shipped.model
 
@@ -407,17 +407,17 @@ plt.show()
 # the prompts steer the pictures, and larger scales make the model commit harder to what it thinks
 # the prompt says, right or wrong. Section 7 measures how often it is right at each scale.
 #
-# The library's version, `course_lib.guidance.guided_model_fn`, is the same arithmetic:
+# The library's version, `course_lib.diffusion.guidance.guided_model_fn`, is the same arithmetic:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.guidance import guided_model_fn
+from course_lib.diffusion.guidance import guided_model_fn
 
 x_t, t = torch.randn(4, 4, 8, 8), torch.full((4,), 500)
 with torch.no_grad():
     a = guided_by_hand(cond, uncond, 3.0)(x_t, t)
     b = guided_model_fn(unet, cond[0], uncond[0], 3.0, cond[1], uncond[1])(x_t, t)
-print("by hand == course_lib.guidance:", torch.allclose(a, b, atol=1e-6))
+print("by hand == course_lib.diffusion.guidance:", torch.allclose(a, b, atol=1e-6))
 
 # %% [markdown]
 # ### Where does each pixel listen?
@@ -426,7 +426,7 @@ print("by hand == course_lib.guidance:", torch.allclose(a, b, atol=1e-6))
 # and show the weight on a few words, averaged over heads and steps.
 
 # %%
-from course_lib.attention import CrossAttention
+from course_lib.models.attention import CrossAttention
 
 records = []
 
@@ -480,8 +480,8 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.adherence import detect_objects
-from course_lib.pipeline import TextToImagePipeline
+from course_lib.evaluate.adherence import detect_objects
+from course_lib.pipeline.text_to_image import TextToImagePipeline
 
 pipe = TextToImagePipeline(tokenizer, clip.text_encoder, unet, vae, schedule, mask_padding=True)
 share = {}
@@ -508,10 +508,10 @@ print(f"the negative prompt {'lowered' if change < 0 else 'raised'} the share of
 #
 # The popular article lists "styles" such as *cinematic-default* and *sai-fantasy art*. They come
 # from Fooocus' style files and are text templates: the prompt is pasted into a longer prompt, and
-# a negative prompt is added. `course_lib.guidance.STYLES` holds the two the article names:
+# a negative prompt is added. `course_lib.diffusion.guidance.STYLES` holds the two the article names:
 
 # %%
-from course_lib.guidance import apply_style
+from course_lib.diffusion.guidance import apply_style
 
 styled, negative = apply_style("a red circle above a blue square", "", "cinematic-default")
 print("prompt:  ", styled)
@@ -529,8 +529,8 @@ for name, text_ in (("plain", "a red circle above a blue square"), ("styled", st
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.adherence import score_adherence
-from course_lib.shapeworld import ShapeWorld
+from course_lib.evaluate.adherence import score_adherence
+from course_lib.worlds.shapeworld import ShapeWorld
 
 captions = ShapeWorld().sample(64, seed=77, split="train").captions
 for style in ("none", "cinematic-default", "sai-fantasy art"):
@@ -613,7 +613,7 @@ for split in ("train", "heldout"):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.prompt_eval import evaluate_prompts
+from course_lib.evaluate.prompt_eval import evaluate_prompts
 
 for split in ("train", "heldout"):
     for s in (1.0, 4.0):
@@ -627,7 +627,7 @@ for split in ("train", "heldout"):
 #   values from the text encoder's token vectors (SD: all 77 positions; the course's model: the
 #   prompt's own tokens, the padding masked, because the padding vectors barely tell prompts apart). SD's spatial transformer block (GroupNorm,
 #   projection in, self-attention, cross-attention, GEGLU feed-forward, projection out, residual)
-#   equals diffusers' `Transformer2DModel` on the same weights, by hand and in `course_lib.attention`.
+#   equals diffusers' `Transformer2DModel` on the same weights, by hand and in `course_lib.models.attention`.
 # * A text-to-image latent diffusion model is trained like the unconditional one, with two frozen
 #   helpers (autoencoder, text encoder) and 10% of captions dropped to the empty prompt.
 # * **Classifier-free guidance** runs the U-Net with and without the prompt and extrapolates; a
@@ -638,7 +638,7 @@ for split in ("train", "heldout"):
 #   words. On our model they are noise in the prompt.
 # * More guidance is not always better: measured on 500 captions a split, adherence peaks at a
 #   moderate scale and falls beyond it, and recall (diversity) first rises, then falls (section 7).
-#   `course_lib.guidance`, `course_lib.text_to_image_training` and `course_lib.prompt_eval` carry
+#   `course_lib.diffusion.guidance`, `course_lib.train.text_to_image` and `course_lib.evaluate.prompt_eval` carry
 #   this into notebook 10, which assembles the whole sampler.
 #
 # ## Exercises
@@ -648,7 +648,7 @@ for split in ("train", "heldout"):
 # step of guided sampling of a batch of 8 prompts cost, when $s \ne 1$?
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # an int
 check(answer_1, lambda a: a == 16, hint="One batch holds the conditional and the unconditional half.")

@@ -14,7 +14,7 @@
 # each prompt's own tokens, the padding masked, as notebook 09 explains.)
 #
 # **After this notebook you will be able to:**
-# - write the whole text-to-image loop by hand, and show that `course_lib.pipeline` computes exactly it;
+# - write the whole text-to-image loop by hand, and show that `course_lib.pipeline.text_to_image` computes exactly it;
 # - read and write a Stable-Diffusion-style YAML config (`target` + `params`) and build the model
 #   from it the way SD's `instantiate_from_config` does;
 # - run the sampler in float32 and in bfloat16 (SD's `use_bf16`), and measure speed and difference;
@@ -49,8 +49,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from course_lib.plotting import show_captioned, show_images
-from course_lib.utils import get_device, seed_everything
+from course_lib.core.plotting import show_captioned, show_images
+from course_lib.core.utils import get_device, seed_everything
 
 seed_everything(0)
 device = get_device()
@@ -66,12 +66,12 @@ print("torch", torch.__version__, "| device:", device)
 # shipped U-Net was trained to read only those (notebook 09, section 3).
 
 # %%
-from course_lib.clip_training import load_shipped_clip
-from course_lib.guidance import guided_model_fn
-from course_lib.samplers import sample
-from course_lib.text_to_image_training import SHIPPED_T2I_UNET
-from course_lib.training import load_diffusion_checkpoint
-from course_lib.vae_training import load_shipped_autoencoder
+from course_lib.train.clip import load_shipped_clip
+from course_lib.diffusion.guidance import guided_model_fn
+from course_lib.diffusion.samplers import sample
+from course_lib.train.text_to_image import SHIPPED_T2I_UNET
+from course_lib.train.diffusion import load_diffusion_checkpoint
+from course_lib.train.autoencoder import load_shipped_autoencoder
 
 tokenizer, clip = load_shipped_clip()
 text_encoder = clip.text_encoder
@@ -103,12 +103,12 @@ plt.show()
 
 # %% [markdown]
 # ### The library holds the same loop
-# `course_lib.pipeline.TextToImagePipeline` takes the same five parts and runs the same steps;
+# `course_lib.pipeline.text_to_image.TextToImagePipeline` takes the same five parts and runs the same steps;
 # `load_shipped_pipeline()` builds it from the course's YAML config (section 2).
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.pipeline import TextToImagePipeline, load_shipped_pipeline
+from course_lib.pipeline.text_to_image import TextToImagePipeline, load_shipped_pipeline
 
 pipe = load_shipped_pipeline(device=device)
 out = pipe(prompts, steps=20, guidance_scale=4.0, seed=0, show_progress=False)
@@ -127,7 +127,7 @@ print("the prompts the text encoder saw:", out.prompts[:2], "...")
 # SD 2's `configs/stable-diffusion/intel/v2-inference-bf16.yaml`: the same skeleton, smaller numbers.
 
 # %%
-from course_lib.config import SHIPPED_CONFIG, build_from_config, load_config
+from course_lib.pipeline.config import SHIPPED_CONFIG, build_from_config, load_config
 
 print(SHIPPED_CONFIG.read_text())
 
@@ -150,7 +150,7 @@ print("schedule:", pipe.schedule, "| prediction:", pipe.prediction_type)
 
 # %% [markdown]
 # ## 3. Any sampler from notebook 07
-# The pipeline hands the guided U-Net to `course_lib.samplers.sample`, so every sampler works. The
+# The pipeline hands the guided U-Net to `course_lib.diffusion.samplers.sample`, so every sampler works. The
 # same prompts and seeds, 20 steps each:
 
 # %%
@@ -201,8 +201,8 @@ plt.show()
 # time 64 images and compare the pixels and the adherence.
 
 # %%
-from course_lib.adherence import score_adherence
-from course_lib.shapeworld import ShapeWorld
+from course_lib.evaluate.adherence import score_adherence
+from course_lib.worlds.shapeworld import ShapeWorld
 
 captions = ShapeWorld().sample(64, seed=31, split="train").captions
 pipe16 = load_shipped_pipeline(use_bf16=True, device=device)
@@ -236,7 +236,7 @@ for name, r in results.items():
 
 # %%
 # TAGS: nbval-ignore-output
-from course_lib.widgets import make_generator
+from course_lib.pipeline.widgets import make_generator
 
 ui = make_generator(pipe)
 ui
@@ -325,7 +325,7 @@ for split, label in (("train", "seen"), ("heldout", "held-out")):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.prompt_eval import evaluate_prompts
+from course_lib.evaluate.prompt_eval import evaluate_prompts
 
 for split, label in (("train", "seen"), ("heldout", "held-out")):
     ev = evaluate_prompts(pipe, 64, split, guidance_scale=GUIDANCE)
@@ -343,7 +343,7 @@ plt.show()
 # NBVAL_CHECK_OUTPUT
 import copy
 
-from course_lib.config import ConfigError
+from course_lib.pipeline.config import ConfigError
 
 print("empty prompt:", pipe("", show_progress=False).prompts, "-> unconditional")
 with warnings.catch_warnings(record=True) as caught:
@@ -372,9 +372,9 @@ except Exception as e:
 # ## Summary
 # * The text-to-image sampler is a dozen lines once its parts exist: tokenize, encode, draw seeded
 #   Gaussian latents, run any sampler on the guided U-Net, divide by the scale factor, decode.
-#   `course_lib.pipeline.TextToImagePipeline` is exactly that loop.
+#   `course_lib.pipeline.text_to_image.TextToImagePipeline` is exactly that loop.
 # * `configs/shapeworld-inference.yaml` describes the model the way SD's YAML files do (`target` +
-#   `params`, SD's key names); `course_lib.config.build_from_config` instantiates it and loads
+#   `params`, SD's key names); `course_lib.pipeline.config.build_from_config` instantiates it and loads
 #   checksum-verified weights, and rejects missing keys, unknown keys and weights that do not fit.
 # * bfloat16 (SD's `use_bf16`) changes the pixels slightly and the adherence little; its speed
 #   depends on the hardware (section 5 prints the kernels PyTorch uses: with AVX-512 or a GPU bf16
@@ -392,7 +392,7 @@ except Exception as e:
 # through the U-Net in each call for a batch of 4 prompts? Answer a tuple (calls, images per call).
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # a tuple of two ints
 check(answer_1, lambda a: tuple(a) == (calls["plms"], 8),
@@ -409,10 +409,10 @@ check(answer_2, lambda a: abs(a - 32 * 32 * 3 / (8 * 8 * 4)) < 1e-9, hint="Divid
 # %% [markdown]
 # **3.** Generate "two red triangles" with seed 5 and 20 DDIM steps at guidance 4 through `pipe`,
 # and give the number of objects the judge sees in it (`detect_objects(images * 2 - 1)` from
-# `course_lib.adherence`).
+# `course_lib.evaluate.adherence`).
 
 # %%
-from course_lib.adherence import detect_objects
+from course_lib.evaluate.adherence import detect_objects
 
 answer_3 = None  # an int
 check(answer_3, lambda a: a == len(detect_objects(

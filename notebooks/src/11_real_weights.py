@@ -7,7 +7,7 @@
 # text encoder (04), the U-Net (03), the samplers (06, 07), the autoencoder (08) and guidance (09).
 # Each was tested against the reference implementations at a tiny size. This notebook loads the
 # public Stable Diffusion weights into those same modules and generates the article's pictures with
-# them, beside `diffusers`' pictures from the same seed. The loader, `course_lib.convert`, is one
+# them, beside `diffusers`' pictures from the same seed. The loader, `course_lib.pipeline.convert`, is one
 # short module, because the course's modules already use the public parameter names: it maps
 # configuration fields, not weights.
 #
@@ -56,7 +56,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from course_lib.convert import (
+from course_lib.pipeline.convert import (
     CheckpointError,
     download_pipeline,
     load_diffusers_pipeline,
@@ -67,9 +67,9 @@ from course_lib.convert import (
     unet_config_from_diffusers,
     vae_config_from_diffusers,
 )
-from course_lib.guidance import apply_style
-from course_lib.plotting import show_images
-from course_lib.utils import count_parameters, get_device, seed_everything
+from course_lib.diffusion.guidance import apply_style
+from course_lib.core.plotting import show_images
+from course_lib.core.utils import count_parameters, get_device, seed_everything
 
 seed_everything(0)
 # The public model to download on Colab. Stability AI took the SD 2 repositories off the Hub in
@@ -140,14 +140,14 @@ SD_VAE = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["Down
           "norm_num_groups": 32, "sample_size": 512}
 
 # %% [markdown]
-# The course's configs follow from them by `course_lib.convert`; building the course's modules on
+# The course's configs follow from them by `course_lib.pipeline.convert`; building the course's modules on
 # PyTorch's `meta` device (shapes without memory) counts their parameters without any download.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.clip import CLIPTextEncoder
-from course_lib.unet import UNet
-from course_lib.vae import AutoencoderKL
+from course_lib.models.clip import CLIPTextEncoder
+from course_lib.models.unet import UNet
+from course_lib.models.vae import AutoencoderKL
 
 print(f"{'':13s} {'text encoder':>28s} {'U-Net heads per level':>22s} {'proj':>6s} {'ctx':>5s} {'image':>6s} "
       f"{'predicts':>12s} {'pad':>14s}")
@@ -211,7 +211,7 @@ with torch.device("meta"):
 # library's version:
 
 # %%
-from course_lib.unet import UNetConfig
+from course_lib.models.unet import UNetConfig
 
 
 def map_unet_config(cfg: dict) -> UNetConfig:
@@ -230,7 +230,7 @@ def map_unet_config(cfg: dict) -> UNetConfig:
 # %%
 # NBVAL_CHECK_OUTPUT
 for name, parts in PUBLIC.items():
-    print(f"{name:13s} by hand == course_lib.convert: {map_unet_config(parts['unet']) == unet_config_from_diffusers(parts['unet'])}")
+    print(f"{name:13s} by hand == course_lib.pipeline.convert: {map_unet_config(parts['unet']) == unet_config_from_diffusers(parts['unet'])}")
 
 # %% [markdown]
 # ## 3. A folder to load
@@ -247,7 +247,7 @@ import diffusers
 import transformers
 from diffusers import StableDiffusionPipeline
 
-from course_lib.tokenizer import CLIPStyleTokenizer, train_bpe
+from course_lib.models.tokenizer import CLIPStyleTokenizer, train_bpe
 
 diffusers.utils.logging.set_verbosity_error()         # e.g. its note about the disabled safety checker
 transformers.logging.set_verbosity_error()
@@ -315,7 +315,7 @@ for path in sorted(folder.rglob("*")):
 # %% [markdown]
 # The scheduler config says which sampler the model was published with and its timestep
 # conventions. `sampler_options` turns them into the options of the course's samplers
-# (`course_lib.samplers.sample`), reading the config as `diffusers` would after
+# (`course_lib.diffusion.samplers.sample`), reading the config as `diffusers` would after
 # `DDIMScheduler.from_config(config)`. For the public SD configs they are the course's defaults,
 # which are SD's; only PLMS on a v-prediction model (SD 2.1 at 768) needs an option,
 # `combine="model_output"`, because diffusers combines the raw v outputs.
@@ -525,7 +525,7 @@ shutil.rmtree(broken)
 # ## Summary
 # * A diffusers Stable Diffusion folder is five parts, each a config beside its weights; the course's
 #   modules already carry the public parameter names, so loading is a short list of config rules
-#   (`course_lib.convert`) and one prefix, and every weight loads with `strict=True`.
+#   (`course_lib.pipeline.convert`) and one prefix, and every weight loads with `strict=True`.
 # * SD 1 and SD 2 differ in the text encoder (CLIP ViT-L/14 with quick_gelu vs OpenCLIP ViT-H/14 with
 #   gelu, read at its penultimate layer), the pad token (`<|endoftext|>` vs `!`), the U-Net's heads
 #   (8 per level vs 64 channels each), its projections (convolution vs linear) and, for SD 2.1 at
@@ -543,7 +543,7 @@ shutil.rmtree(broken)
 # (1280 channels)? Use section 1's config and the rules of section 2.
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # an int
 sd15 = unet_config_from_diffusers(PUBLIC["SD 1.5"]["unet"])

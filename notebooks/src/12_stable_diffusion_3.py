@@ -62,11 +62,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from course_lib.config import build_from_config
-from course_lib.mmdit import JointAttention, MMDiT, MMDiTConfig, patchify, unpatchify
-from course_lib.pipeline import load_shipped_pipeline
-from course_lib.plotting import show_captioned
-from course_lib.rectified_flow import (
+from course_lib.pipeline.config import build_from_config
+from course_lib.models.mmdit import JointAttention, MMDiT, MMDiTConfig, patchify, unpatchify
+from course_lib.pipeline.text_to_image import load_shipped_pipeline
+from course_lib.core.plotting import show_captioned
+from course_lib.diffusion.rectified_flow import (
     FlowMatchSchedule,
     flow_interpolate,
     flow_matching_loss,
@@ -75,12 +75,12 @@ from course_lib.rectified_flow import (
     logit_normal_sigmas,
     shift_sigmas,
 )
-from course_lib.samplers import sample
-from course_lib.schedules import make_schedule
-from course_lib.toy2d import grid_of_gaussians, score_modes
-from course_lib.toy_diffusion import TOY_DENOISER, MLPDenoiser, toy_schedule
-from course_lib.training import TrainingConfig, load_diffusion_checkpoint, train_diffusion_model
-from course_lib.utils import count_parameters, seed_everything
+from course_lib.diffusion.samplers import sample
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.worlds.toy2d import grid_of_gaussians, score_modes
+from course_lib.train.toy_diffusion import TOY_DENOISER, MLPDenoiser, toy_schedule
+from course_lib.train.diffusion import TrainingConfig, load_diffusion_checkpoint, train_diffusion_model
+from course_lib.core.utils import count_parameters, seed_everything
 
 seed_everything(0)
 ROOT = Path("..").resolve()
@@ -126,7 +126,7 @@ print(f"SD 1-2's last signal coefficient alpha_999 = {alpha[-1]:.3f}; the flow's
 # pure noise (its last $\alpha_t$, printed above, is 0.068: Lin et al. 2024), while the flow's line
 # ends exactly at $\epsilon$.
 #
-# The interpolation and the target by hand, against `course_lib.rectified_flow`:
+# The interpolation and the target by hand, against `course_lib.diffusion.rectified_flow`:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -323,7 +323,7 @@ latents = torch.randn(2, 4, 8, 8)
 p = 2
 by_hand = latents.reshape(2, 4, 4, p, 4, p).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, p * p * 4)
 print("patches:", tuple(latents.shape), "->", tuple(by_hand.shape))   # (B, C, H, W) -> (B, tokens, p*p*C)
-print("by hand == course_lib.mmdit.patchify:", torch.equal(by_hand, patchify(latents, p)))
+print("by hand == course_lib.models.mmdit.patchify:", torch.equal(by_hand, patchify(latents, p)))
 print("unpatchify(patchify(x)) == x:", torch.equal(unpatchify(patchify(latents, p), p, 4, 8, 8), latents))
 
 # %% [markdown]
@@ -513,8 +513,8 @@ plt.show()
 # captions, no guidance.
 
 # %%
-from course_lib.shapeworld import ShapeWorld
-from course_lib.vae_training import encode_latents
+from course_lib.worlds.shapeworld import ShapeWorld
+from course_lib.train.autoencoder import encode_latents
 
 scenes = ShapeWorld().sample(256, seed=777, split="train")
 with torch.no_grad():
@@ -652,7 +652,7 @@ for extra in ([], ["--init-image", "/tmp/nb12_flow.png", "--strength", "0.5"]):
 # $\sigma = 0.3$, and at $\sigma = 0.9$? Give a function of `x0` and `eps` that returns it.
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # e.g. lambda x0, eps: ...
 check(answer_1, lambda f: all(torch.allclose(f(a, b), b - a) for a, b in torch.randn(2, 2, 3)),

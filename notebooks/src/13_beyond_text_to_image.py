@@ -19,7 +19,7 @@
 #
 # **After this notebook you will be able to:**
 # - write img2img by hand: encode, choose the start step from `strength`, noise to it, and run any
-#   sampler from there; and show that `course_lib.pipeline` does exactly that;
+#   sampler from there; and show that `course_lib.pipeline.text_to_image` does exactly that;
 # - measure the trade-off `strength` controls: how much of the input survives against how well
 #   the result obeys the new prompt;
 # - inpaint with an ordinary text-to-image model by blending the known region back after each step,
@@ -54,15 +54,15 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from course_lib.adherence import score_adherence
-from course_lib.diffusion import q_sample
-from course_lib.guidance import guided_model_fn
-from course_lib.pipeline import GenerationSettings, img2img_steps, load_image, load_shipped_pipeline
-from course_lib.plotting import show_captioned
-from course_lib.prompt_eval import evaluate_prompts
-from course_lib.samplers import sample, sampler_timesteps
-from course_lib.shapeworld import COLOR_NAMES, RELATIONS, SHAPES, ShapeWorld, is_held_out, pair_caption
-from course_lib.utils import seed_everything
+from course_lib.evaluate.adherence import score_adherence
+from course_lib.diffusion.forward import q_sample
+from course_lib.diffusion.guidance import guided_model_fn
+from course_lib.pipeline.text_to_image import GenerationSettings, img2img_steps, load_image, load_shipped_pipeline
+from course_lib.core.plotting import show_captioned
+from course_lib.evaluate.prompt_eval import evaluate_prompts
+from course_lib.diffusion.samplers import sample, sampler_timesteps
+from course_lib.worlds.shapeworld import COLOR_NAMES, RELATIONS, SHAPES, ShapeWorld, is_held_out, pair_caption
+from course_lib.core.utils import seed_everything
 
 seed_everything(0)
 pipe = load_shipped_pipeline()
@@ -115,7 +115,7 @@ by_hand_image = pipe.decode(by_hand.sample)                     # (1, 4, 8, 8) -
 
 library = pipe(new_prompt, settings, init_image=source, show_progress=False)
 print(f"model calls: by hand {by_hand.model_calls}, library {library.model_calls}")
-print("by hand == course_lib.pipeline (max difference < 1e-5):",
+print("by hand == course_lib.pipeline.text_to_image (max difference < 1e-5):",
       (by_hand_image - library.images).abs().max().item() < 1e-5)
 
 # %% [markdown]
@@ -294,7 +294,7 @@ print(f"the judge finds the new caption wholly true for {inpainted:.2f} of the {
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.lora import (LoRALinear, add_lora, apply_lora, concept_adherence, count_lora_parameters,
+from course_lib.models.lora import (LoRALinear, add_lora, apply_lora, concept_adherence, count_lora_parameters,
                              lora_layers, merge_lora, unmerge_lora)
 
 torch.manual_seed(0)
@@ -309,7 +309,7 @@ layer = LoRALinear(base, rank, alpha)
 with torch.no_grad():
     layer.lora_A.copy_(A)
     layer.lora_B.copy_(B)
-print("by hand == course_lib.lora.LoRALinear (max difference < 1e-6):",
+print("by hand == course_lib.models.lora.LoRALinear (max difference < 1e-6):",
       (layer(x) - by_hand).abs().max().item() < 1e-6)
 print(f"numbers trained: {rank * (64 + 32)} instead of {64 * 32}")
 
@@ -334,8 +334,8 @@ print("a fresh adapter changes nothing:",
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.checkpoints import read_manifest
-from course_lib.paths import data_dir
+from course_lib.core.checkpoints import read_manifest
+from course_lib.core.paths import data_dir
 
 lora_meta = json.loads((data_dir() / "shapeworld_lora_green_circle.json").read_text())
 m = lora_meta["metrics"]
@@ -438,7 +438,7 @@ plt.show()
 
 # %%
 # TAGS: nbval-ignore-output
-from course_lib.widgets import make_generator
+from course_lib.pipeline.widgets import make_generator
 
 make_generator(lora_pipe, prompt=new_prompt,
                sources={"red circle above blue square": source, "inpainting source 1": inpaint_sources[:1]})
@@ -447,7 +447,7 @@ make_generator(lora_pipe, prompt=new_prompt,
 # ## Summary
 # * **img2img** is text to image started part way: encode the image, noise it to the grid step that
 #   `strength` selects ($\lfloor \text{steps} \cdot \text{strength} \rfloor$ steps run, as in
-#   `diffusers`), and run any sampler from there. Our by-hand version equals `course_lib.pipeline`,
+#   `diffusers`), and run any sampler from there. Our by-hand version equals `course_lib.pipeline.text_to_image`,
 #   and the pipeline equals `diffusers`' img2img pipeline on public-format weights (the tests).
 # * `strength` trades keeping for changing: on ShapeWorld recolouring, 0.4 obeyed the new prompt
 #   96% of the time while keeping the rest of the image at 22 dB; 1.0 forgets the source.
@@ -469,7 +469,7 @@ make_generator(lora_pipe, prompt=new_prompt,
 # position?
 
 # %%
-from course_lib.exercises import check
+from course_lib.core.exercises import check
 
 answer_1 = None  # (steps run, first grid position)
 check(answer_1, lambda a: tuple(a) == (img2img_steps(50, 0.3), 50 - img2img_steps(50, 0.3)),
