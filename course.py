@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""One entry point for the course. Needs only Python 3.10+; everything else it installs.
+"""One entry point for the course. Needs only Python 3.11+; everything else it installs.
 
     python3 course.py lab      # set up .venv (first time: about 2 minutes) and open JupyterLab
     python3 course.py test     # set up .venv and run the whole test suite, notebooks included
     python3 course.py setup    # only set up .venv
     python3 course.py slides 05 [--serve]  # notebook 05 as slides (reveal.js) in slides/, works offline
     python3 course.py build 00 # (authors) rebuild notebooks/00_*.ipynb from notebooks/src/, executed
-    python3 course.py badges   # (authors) rewrite every notebook's Colab badge from course_lib/core/links.py
+    python3 course.py badges   # (authors) rewrite every notebook's Colab badge and setup cell (links.py)
 
 The environment is the pinned requirements.txt plus the course itself (editable), in .venv/ next
 to this file. It is reinstalled only when requirements.txt or pyproject.toml change.
@@ -44,8 +44,9 @@ def _fingerprint() -> str:
 
 
 def setup() -> None:
-    if sys.version_info < (3, 10):  # noqa: UP036 (course.py runs on any python3)
-        sys.exit(f"the course needs Python 3.10 or newer; this is {sys.version.split()[0]}")
+    # The pinned packages (numpy, scipy, matplotlib, IPython, import-linter) need 3.11.
+    if sys.version_info < (3, 11):  # noqa: UP036 (course.py runs on any python3)
+        sys.exit(f"the course needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not PY.exists():
         print(f"creating {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)

@@ -161,7 +161,8 @@ def loss_summary(losses: Sequence[float]) -> dict[str, Any]:
 
 def state_losses(state_dir: Path) -> tuple[list[float], str]:
     """The losses recorded in the first training state under ``state_dir`` and where they were found
-    (``train_diffusion_model`` keeps ``losses`` at the top, the ``Checkpointing`` loops under ``loop``)."""
+    (every training loop keeps them under ``loop``; states saved before the loops were unified kept
+    ``train_diffusion_model``'s ``losses`` at the top)."""
     files = sorted(state_dir.rglob("training_state.json"))
     if not files:
         raise FileNotFoundError(f"no training_state.json under {state_dir}")
@@ -511,7 +512,7 @@ class Check:
 
     # ------------------------------------------------------------------------------------------ sample
     def sample(self) -> dict[str, Any]:
-        from course_lib.pipeline.text_to_image import load_shipped_pipeline
+        from course_lib.pipeline.shipped import load_shipped_pipeline
 
         prompts = list(SAMPLE_PROMPTS[:2] if self.dry else SAMPLE_PROMPTS)
         settings = {"sampler": "dpm-solver++", "steps": 8 if self.dry else 20, "guidance_scale": 4.0, "seed": 0}
@@ -556,8 +557,8 @@ class Check:
         import diffusers
 
         from benchmarks.pipeline_speed import GUIDANCE, PROMPT, STYLE, build_folder, diffusers_pipeline, timed
-        from course_lib.pipeline.convert import load_diffusers_pipeline
         from course_lib.diffusion.guidance import apply_style
+        from course_lib.pipeline.convert import load_diffusers_pipeline
 
         diffusers.utils.logging.set_verbosity_error()
         diffusers.utils.logging.disable_progress_bar()

@@ -41,9 +41,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from course_lib.core.cli import HelpFormatter  # noqa: E402
-from course_lib.pipeline.convert import load_diffusers_pipeline  # noqa: E402
 from course_lib.diffusion.guidance import apply_style  # noqa: E402
 from course_lib.models.tokenizer import CLIPStyleTokenizer, train_bpe  # noqa: E402
+from course_lib.pipeline.convert import load_diffusers_pipeline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT, STYLE = "The hare is juggling balls", "sai-fantasy art"

@@ -39,11 +39,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from course_lib.diffusion.samplers import sample  # noqa: E402
 from course_lib.evaluate.classifiers import digit_features  # noqa: E402
 from course_lib.evaluate.metrics import compare_sets  # noqa: E402
-from course_lib.worlds.mnist import MNIST5k  # noqa: E402
-from course_lib.diffusion.samplers import sample  # noqa: E402
 from course_lib.train.diffusion import load_diffusion_checkpoint  # noqa: E402
+from course_lib.worlds.mnist import MNIST5k  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

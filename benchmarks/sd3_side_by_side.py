@@ -33,10 +33,11 @@ from pathlib import Path
 import torch
 
 from course_lib.core.cli import HelpFormatter
-from course_lib.pipeline.text_to_image import GenerationSettings, load_shipped_pipeline
-from course_lib.evaluate.prompt_eval import EVAL_SEED, evaluate_prompts
-from course_lib.train.diffusion import load_diffusion_checkpoint
 from course_lib.core.utils import count_parameters
+from course_lib.evaluate.prompt_eval import EVAL_SEED, evaluate_prompts
+from course_lib.pipeline.shipped import load_shipped_pipeline
+from course_lib.pipeline.text_to_image import GenerationSettings
+from course_lib.train.diffusion import load_diffusion_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 
 from course_lib.core.cli import HelpFormatter
-from course_lib.train.clip import load_shipped_clip
 from course_lib.diffusion.schedules import make_schedule
-from course_lib.worlds.shapeworld import ShapeWorld
-from course_lib.train.text_to_image import TRAIN_SEED, LatentCaptionData, TextConditioner, t2i_unet_config
-from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
 from course_lib.models.unet import UNet
 from course_lib.train.autoencoder import encode_latents, load_shipped_autoencoder
+from course_lib.train.clip import load_shipped_clip
+from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
+from course_lib.train.text_to_image import TRAIN_SEED, LatentCaptionData, TextConditioner, t2i_unet_config
+from course_lib.worlds.shapeworld import ShapeWorld
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,8 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from course_lib.core.cli import HelpFormatter  # noqa: E402
-from course_lib.pipeline.text_to_image import GenerationSettings, load_shipped_pipeline  # noqa: E402
 from course_lib.evaluate.prompt_eval import EVAL_SEED, evaluate_prompts  # noqa: E402
+from course_lib.pipeline.shipped import load_shipped_pipeline  # noqa: E402
+from course_lib.pipeline.text_to_image import GenerationSettings  # noqa: E402
 from course_lib.train.diffusion import load_diffusion_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,14 +25,15 @@ import torch
 
 from course_lib.core.checkpoints import CheckpointError
 from course_lib.core.cli import HelpFormatter
-from course_lib.pipeline.config import SHIPPED_CONFIG, ConfigMismatchWarning, build_from_config, load_config
 from course_lib.diffusion.guidance import available_styles
-from course_lib.models.lora import apply_lora
-from course_lib.models.mmdit import MMDiT
-from course_lib.pipeline.text_to_image import GenerationSettings, load_image
 from course_lib.diffusion.samplers import available_samplers
-from course_lib.worlds.shapeworld import caption_words
+from course_lib.models.mmdit import MMDiT
 from course_lib.models.tokenizer import PromptTruncatedWarning, UnknownWordsWarning, warn_unknown_words
+from course_lib.pipeline.config import SHIPPED_CONFIG, ConfigMismatchWarning, build_from_config, load_config
+from course_lib.pipeline.editing import load_image
+from course_lib.pipeline.lora import apply_lora
+from course_lib.pipeline.settings import GenerationSettings
+from course_lib.worlds.shapeworld import caption_words
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -2,14 +2,30 @@
 
     python scripts/build_notebooks.py 00 03        # rebuild notebooks whose number is 00 or 03
     python scripts/build_notebooks.py --all
+    python scripts/build_notebooks.py --all --no-execute --out-dir /tmp/nb   # only the cells, somewhere else
     python scripts/build_notebooks.py --badges-only   # only refresh Colab badges and setup cells
     python scripts/build_notebooks.py --slides-only   # only (re)write the slide metadata of the notebooks
 
-A source is a Python file in the "percent" format: cells start with ``# %%`` (code) or
-``# %% [markdown]`` (markdown, every line commented with ``# ``). Two placeholders are filled from
-course_lib/core/links.py, so the repository is named in one place: ``{{COLAB_BADGE}}`` and
-``{{REPO_URL}}``. Cells whose first line is ``# NBVAL_CHECK_OUTPUT`` are compared by nbval in CI;
-``# TAGS: a, b`` on a cell's first line sets cell tags (e.g. nbval-ignore-output).
+A source is a Python file in jupytext's "percent" format, read by jupytext: cells start with ``# %%``
+(code) or ``# %% [markdown]`` (markdown, every line commented with ``# ``). Cells whose first line is
+``# NBVAL_CHECK_OUTPUT`` are compared by nbval in CI; ``# TAGS: a, b`` on a cell's first line sets cell
+tags (e.g. nbval-ignore-output). ``{{REPO_URL}}`` in a cell is replaced by the repository's address.
+
+What every notebook has in common is not written in the sources; the build adds it, from one place:
+
+- the "Open in Colab" badge, as its own paragraph after the title line of the first cell (the source's
+  first cell is a markdown cell that starts with ``# NN · Title``);
+- the Colab setup cell (``COLAB_SETUP`` below) right after that first cell. A notebook that needs extras
+  of the course's package on Colab (``reference``: diffusers and transformers) says so in a jupytext
+  header at the very top of its source::
+
+      # ---
+      # jupyter:
+      #   colab_extras: reference
+      # ---
+
+The repository, the branch and so the badge's address come from course_lib/core/links.py (``python3
+course.py badges`` rewrites the badge and the setup cell of the committed notebooks after a change there).
 
 Every cell gets slide metadata (``slideshow.slide_type``, used by `python3 course.py slides NN`) from one
 rule, so authors never write it: see ``slide_type``. ``--slides-only`` rewrites only that metadata in the
@@ -25,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+import jupytext
 import nbformat
 from nbclient import NotebookClient
 
@@ -34,29 +51,65 @@ from course_lib.core.links import REPO_URL, colab_badge
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "notebooks" / "src"
 OUT = ROOT / "notebooks"
-CELL_RE = re.compile(r"^# %%( \[markdown\])?[^\n]*$", re.M)
+
+COLAB_SETUP_MARK = '"google.colab" in sys.modules'  # the setup cell that only does something on Colab
+COLAB_SETUP = """\
+# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    import os
+    import subprocess
+
+    if not os.path.isdir("/content/course"):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
+{{INSTALL}}
+    sys.path.insert(0, "/content/course")
+    os.chdir("/content/course/notebooks")"""
+COLAB_INSTALL = ('    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course{extras}"],'
+                 ' check=True)')
+# The extras a source may ask for (`colab_extras` in its header), each with the comment the setup cell shows.
+COLAB_EXTRAS = {"reference": "adds diffusers and transformers, which this notebook compares against"}
+BADGE_PLACEHOLDER = "{{COLAB_BADGE}}"  # what sources used to carry; the build now adds the badge itself
+HEADING_RE = re.compile(r"\s*(#{1,6})\s")
+
+
+def read_source(text: str) -> tuple[dict, list[tuple[str, str]]]:
+    """A percent-format source, read by jupytext: its header's notebook metadata and its (cell_type,
+    source) pairs. Empty code cells (blank lines between cells) are dropped; jupytext's own layout
+    metadata (such as ``lines_to_next_cell``) is not kept."""
+    nb = jupytext.reads(text, fmt="py:percent")
+    cells = [(c.cell_type, c.source) for c in nb.cells if c.cell_type == "markdown" or c.source.strip()]
+    meta = {k: v for k, v in nb.metadata.items() if k != "jupytext"}
+    return meta, cells
 
 
 def parse_source(text: str) -> list[tuple[str, str]]:
-    """(cell_type, source) pairs of a percent-format file."""
-    marks = list(CELL_RE.finditer(text))
-    cells = []
-    for i, m in enumerate(marks):
-        body = text[m.end():marks[i + 1].start() if i + 1 < len(marks) else len(text)].strip("\n")
-        if m.group(1):
-            lines = [ln[2:] if ln.startswith("# ") else ln.lstrip("#") for ln in body.splitlines()]
-            cells.append(("markdown", "\n".join(lines).strip("\n")))
-        elif body.strip():
-            cells.append(("code", body))
-    return cells
+    """(cell_type, source) pairs of a percent-format file, as written (without the badge and the setup
+    cell that ``make_notebook`` adds)."""
+    return read_source(text)[1]
 
 
-def fill(text: str, name: str) -> str:
-    return text.replace("{{COLAB_BADGE}}", colab_badge(name)).replace("{{REPO_URL}}", REPO_URL)
+def fill(text: str) -> str:
+    return text.replace("{{REPO_URL}}", REPO_URL)
 
 
-COLAB_SETUP_MARK = '"google.colab" in sys.modules'  # the setup cell that only does something on Colab
-HEADING_RE = re.compile(r"\s*(#{1,6})\s")
+def colab_setup(extras: str | list[str] | None = None) -> str:
+    """The Colab setup cell's source; ``extras`` of the course's package to install there (see COLAB_EXTRAS)."""
+    names = [extras] if isinstance(extras, str) else list(extras or [])
+    unknown = [n for n in names if n not in COLAB_EXTRAS]
+    if unknown:
+        raise ValueError(f"unknown colab_extras {unknown}; known: {sorted(COLAB_EXTRAS)}")
+    lines = [f"    # [{n}] {COLAB_EXTRAS[n]}" for n in names]
+    lines.append(COLAB_INSTALL.format(extras=f"[{','.join(names)}]" if names else ""))
+    return fill(COLAB_SETUP.replace("{{INSTALL}}", "\n".join(lines)))
+
+
+def with_badge(title_cell: str, name: str) -> str:
+    """The first cell with the Colab badge of notebook ``name`` as a paragraph after its title line."""
+    title, _, rest = title_cell.partition("\n")
+    rest = rest.lstrip("\n")
+    return f"{title}\n\n{colab_badge(name)}" + (f"\n\n{rest}" if rest else "")
 
 
 def slide_type(cells: list, i: int) -> str:
@@ -117,14 +170,32 @@ def refresh_slides(numbers: list[str] | None = None) -> None:
               f" ({types.count('slide') + types.count('subslide')} in all)")
 
 
+def check_source(src: Path, cells: list[tuple[str, str]]) -> None:
+    """Refuse a source that lacks a title cell or still carries what the build adds."""
+    if not cells or cells[0][0] != "markdown" or not re.match(r"# \S", cells[0][1]):
+        raise ValueError(f"{src.name}: the first cell must be a markdown cell that starts with '# NN · Title'")
+    for kind, body in cells:
+        if BADGE_PLACEHOLDER in body:
+            raise ValueError(f"{src.name}: remove {BADGE_PLACEHOLDER} from the source; the build adds the badge")
+        if kind == "code" and COLAB_SETUP_MARK in body:
+            raise ValueError(f"{src.name}: remove the Colab setup cell from the source; the build adds it "
+                             "(COLAB_SETUP in scripts/build_notebooks.py; extras: `colab_extras` in the header)")
+
+
 def make_notebook(src: Path) -> nbformat.NotebookNode:
+    """The notebook of source ``src``, not executed: the badge and the Colab setup cell added, cell tags
+    from ``# TAGS:`` lines, stable cell ids, slide metadata."""
     name = src.with_suffix(".ipynb").name
+    meta, cells = read_source(src.read_text())
+    check_source(src, cells)
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     nb.metadata["colab"] = {"provenance": []}
-    for kind, body in parse_source(src.read_text()):
-        body = fill(body, name)
+    nb.cells.append(nbformat.v4.new_markdown_cell(with_badge(fill(cells[0][1]), name)))
+    nb.cells.append(nbformat.v4.new_code_cell(colab_setup(meta.get("colab_extras"))))
+    for kind, body in cells[1:]:
+        body = fill(body)
         if kind == "markdown":
             cell = nbformat.v4.new_markdown_cell(body)
         else:
@@ -155,15 +226,20 @@ def execute(nb: nbformat.NotebookNode, timeout: int = 1800) -> None:
 
 
 def refresh_badges() -> None:
-    """Rewrite the Colab badge and repository URL in every committed notebook in place."""
+    """Rewrite the Colab badge and the Colab setup cell (repository URL, install line) in every committed
+    notebook in place, from course_lib/core/links.py and the template here; nothing is executed."""
     badge_re = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
     url_re = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+(?=[\"'])")
     for path in sorted(OUT.glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
+        src = SRC / path.with_suffix(".py").name
+        setup = next((c.source for c in make_notebook(src).cells if skipped_on_slides(c)), None) \
+            if src.exists() else None
         for cell in nb.cells:
             cell.source = badge_re.sub(colab_badge(path.name).replace("\\", "\\\\"), cell.source)
             if cell.cell_type == "code":
-                cell.source = url_re.sub(REPO_URL, cell.source)
+                cell.source = setup if setup is not None and skipped_on_slides(cell) else url_re.sub(REPO_URL,
+                                                                                                       cell.source)
         nbformat.write(nb, path)
         print(f"refreshed {path.name}")
 
@@ -173,6 +249,8 @@ def main() -> None:
     parser.add_argument("numbers", nargs="*", help="two-digit notebook numbers, e.g. 00 03")
     parser.add_argument("--all", action="store_true", help="rebuild every notebook")
     parser.add_argument("--no-execute", action="store_true", help="write the cells without running them (no outputs)")
+    parser.add_argument("--out-dir", type=Path, default=OUT,
+                        help="where to write the notebooks (executed ones run with notebooks/ as their folder)")
     parser.add_argument("--badges-only", action="store_true", help="only refresh the Colab badges and setup cells")
     parser.add_argument("--slides-only", action="store_true",
                         help="only rewrite the notebooks' slide metadata (all, or the numbers given); no execution")
@@ -188,14 +266,16 @@ def main() -> None:
         sources = [s for s in sources if s.name[:2] in args.numbers]
     if not sources:
         sys.exit(f"no notebook sources matched; available: {[s.name for s in sorted(SRC.glob('*.py'))]}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     for src in sources:
         nb = make_notebook(src)
         start = time.time()
         if not args.no_execute:
             execute(nb)
-        out = OUT / src.with_suffix(".ipynb").name
+        out = args.out_dir / src.with_suffix(".ipynb").name
         nbformat.write(nb, out)
-        print(f"{out.relative_to(ROOT)}: {len(nb.cells)} cells, executed in {time.time() - start:.0f} s")
+        done = "not executed" if args.no_execute else f"executed in {time.time() - start:.0f} s"
+        print(f"{out}: {len(nb.cells)} cells, {done}")
 
 
 if __name__ == "__main__":

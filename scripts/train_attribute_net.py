@@ -22,13 +22,21 @@ from pathlib import Path
 import torch
 
 from course_lib.core.checkpoints import save_checkpoint
-from course_lib.evaluate.classifiers import ATTRIBUTE_NET, train_attribute_net
 from course_lib.core.cli import HelpFormatter
-from course_lib.train.distributed import distributed_run, resolve_precision
-from course_lib.train.run_config import add_runtime_arguments, parse_args
-from course_lib.worlds.shapeworld import ShapeWorld
-from course_lib.train.state import Checkpointing
 from course_lib.core.utils import seed_everything
+from course_lib.evaluate.classifiers import ATTRIBUTE_NET
+from course_lib.train.judges import train_attribute_net
+from course_lib.train.precision import resolve_precision
+from course_lib.train.run_config import (
+    add_runtime_arguments,
+    changed_flags,
+    launcher,
+    parse_args,
+    run_notes,
+    training_run,
+)
+from course_lib.train.state import Checkpointing
+from course_lib.worlds.shapeworld import ShapeWorld
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,8 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     add_runtime_arguments(parser, stop_after=True)
     args = parse_args(parser, argv, script=Path(__file__).name)
     checkpoint = Checkpointing.from_args(args)
-    with distributed_run(args.device) as ctx:
-        ctx.check_same_on_all_ranks(vars(args), "settings")
+    with training_run(args) as ctx:
         seed_everything(args.seed)
         start = time.time()
         model, losses = train_attribute_net(args.images, args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -66,18 +73,12 @@ def main(argv: list[str] | None = None) -> None:
         color_acc = (c.argmax(1)[fg] == color_mask[fg]).float().mean().item()
         print(f"foreground pixel accuracy: shape {shape_acc:.4f}, colour {color_acc:.4f}; "
               f"trained in {minutes:.1f} min")
-        extra = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k, default in
-                        (("batch_size", 64), ("lr", 3e-3), ("width", 16)) if getattr(args, k) != default)
         precision = resolve_precision(args.precision, ctx.device)
-        launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
         metrics = {"shape_pixel_accuracy": round(shape_acc, 4), "color_pixel_accuracy": round(color_acc, 4),
-                   "train_minutes": round(minutes, 2)}
-        if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
-            metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
-        if checkpoint.start_step:
-            metrics["resumed_from_step"] = checkpoint.start_step
-        command = (f"{launcher} scripts/train_attribute_net.py --images {args.images} --epochs {args.epochs} "
-                   f"--seed {args.seed}{extra}" + ("" if precision == "fp32" else f" --precision {precision}"))
+                   "train_minutes": round(minutes, 2), **run_notes(ctx, precision, checkpoint.start_step)}
+        command = (f"{launcher(ctx)} scripts/train_attribute_net.py --images {args.images} --epochs {args.epochs} "
+                   f"--seed {args.seed}" + changed_flags(args, {"batch_size": 64, "lr": 3e-3, "width": 16})
+                   + ("" if precision == "fp32" else f" --precision {precision}"))
         save_checkpoint(model, ATTRIBUTE_NET, config=model.config, command=command, metrics=metrics,
                         folder=args.folder)
 

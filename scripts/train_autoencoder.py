@@ -32,15 +32,11 @@ from pathlib import Path
 import torch
 
 from course_lib.core.checkpoints import save_checkpoint
-from course_lib.evaluate.classifiers import shapeworld_features
 from course_lib.core.cli import HelpFormatter
-from course_lib.train.distributed import DistributedContext, distributed_run, refuse_torchrun, resolve_precision
-from course_lib.evaluate.metrics import frechet_distance
 from course_lib.core.paths import REPO_ROOT
-from course_lib.train.run_config import add_runtime_arguments, parse_args
-from course_lib.worlds.shapeworld import ShapeWorld
-from course_lib.train.state import Checkpointing
 from course_lib.core.utils import count_parameters, seed_everything
+from course_lib.evaluate.classifiers import shapeworld_features
+from course_lib.evaluate.metrics import frechet_distance
 from course_lib.models.vae import AutoencoderKL
 from course_lib.train.autoencoder import (
     SHIPPED_VAE,
@@ -54,6 +50,11 @@ from course_lib.train.autoencoder import (
     reconstruct,
     train_autoencoder,
 )
+from course_lib.train.distributed import DistributedContext, refuse_torchrun
+from course_lib.train.precision import resolve_precision
+from course_lib.train.run_config import add_runtime_arguments, launcher, parse_args, run_notes, training_run
+from course_lib.train.state import Checkpointing
+from course_lib.worlds.shapeworld import ShapeWorld
 
 SWEEP_RESULTS = REPO_ROOT / "benchmarks" / "results" / "vae_kl_sweep.json"
 SWEEP_WEIGHTS = (1e-6, 1e-4, 1e-2, 1e-1)
@@ -101,11 +102,7 @@ def train_and_ship(args: argparse.Namespace, command: str, ctx: DistributedConte
     metrics = {"scale_factor": round(scale, 5), "scaled_latent_std_of_means": round(float(z.std()), 4),
                "parameters": count_parameters(vae), "train_minutes": round(history.seconds / 60, 2),
                "images_per_second": round(history.images_per_second, 1), "training": asdict(train_cfg)}
-    precision = resolve_precision(args.precision, ctx.device)
-    if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
-        metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
-    if checkpoint.start_step:
-        metrics["resumed_from_step"] = checkpoint.start_step
+    metrics.update(run_notes(ctx, resolve_precision(args.precision, ctx.device), checkpoint.start_step))
     for split in ("train", "heldout"):
         report = evaluate_reconstructions(vae, n=1000, seed=4242, split=split)
         print(f"{split:8s}", report.as_row())
@@ -200,15 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     if sizes != SHIPPED_VAE_CONFIG:
         flags += ["--channels", *map(str, args.channels), "--latent-channels", str(args.latent_channels),
                   "--layers-per-block", str(args.layers_per_block)]
-    with distributed_run(args.device) as ctx:
-        threads = args.threads if args.threads is not None else (1 if ctx.world_size == 1 else None)
-        if threads is not None:
-            torch.set_num_threads(threads)
-        ctx.check_same_on_all_ranks(vars(args), "settings")
+    with training_run(args, default_threads=1) as ctx:
         seed_everything(args.seed)
         precision = resolve_precision(args.precision, ctx.device)
-        launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
-        command = " ".join([f"{launcher} scripts/train_autoencoder.py", *flags, "--loss", args.loss,
+        command = " ".join([f"{launcher(ctx)} scripts/train_autoencoder.py", *flags, "--loss", args.loss,
                             "--batch-size", str(args.batch_size),
                             "--lr", f"{args.lr:g}", "--seed", str(args.seed)]
                            + ([] if precision == "fp32" else ["--precision", precision]))

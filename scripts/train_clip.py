@@ -25,6 +25,8 @@ import torch
 
 from course_lib.core.checkpoints import save_checkpoint
 from course_lib.core.cli import HelpFormatter
+from course_lib.core.paths import data_dir
+from course_lib.core.utils import count_parameters, seed_everything
 from course_lib.train.clip import (
     SHIPPED_CLIP,
     TOKENIZER_FOLDER,
@@ -37,11 +39,9 @@ from course_lib.train.clip import (
     train_contrastive,
     train_shapeworld_tokenizer,
 )
-from course_lib.train.distributed import distributed_run, resolve_precision
-from course_lib.core.paths import data_dir
-from course_lib.train.run_config import add_runtime_arguments, parse_args
+from course_lib.train.precision import resolve_precision
+from course_lib.train.run_config import add_runtime_arguments, launcher, parse_args, run_notes, training_run
 from course_lib.train.state import Checkpointing
-from course_lib.core.utils import count_parameters, seed_everything
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,11 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     add_runtime_arguments(parser, stop_after=True)
     args = parse_args(parser, argv, script=Path(__file__).name)
     checkpoint = Checkpointing.from_args(args)
-    with distributed_run(args.device) as ctx:
-        threads = args.threads if args.threads is not None else (1 if ctx.world_size == 1 else None)
-        if threads is not None:
-            torch.set_num_threads(threads)
-        ctx.check_same_on_all_ranks(vars(args), "settings")
+    with training_run(args, default_threads=1) as ctx:
         train_and_save(args, ctx, checkpoint)
 
 
@@ -109,10 +105,10 @@ def train_and_save(args: argparse.Namespace, ctx, checkpoint: Checkpointing | No
     folder = Path(args.folder) if args.folder else data_dir()
     tokenizer.save(folder / TOKENIZER_FOLDER)
     precision = resolve_precision(args.precision, ctx.device)
-    launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
-    command = (f"{launcher} scripts/train_clip.py --steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} "
-               f"--width {args.width} --layers {args.layers} --image-widths {' '.join(map(str, args.image_widths))} "
-               f"--embed-dim {args.embed_dim} --seed {args.seed} --threads {torch.get_num_threads()}"
+    command = (f"{launcher(ctx)} scripts/train_clip.py --steps {args.steps} --batch-size {args.batch_size} "
+               f"--lr {args.lr} --width {args.width} --layers {args.layers} "
+               f"--image-widths {' '.join(map(str, args.image_widths))} --embed-dim {args.embed_dim} "
+               f"--seed {args.seed} --threads {torch.get_num_threads()}"
                + (" --no-hard-negatives" if args.no_hard_negatives else "")
                + ("" if precision == "fp32" else f" --precision {precision}"))
     metrics = {
@@ -124,11 +120,8 @@ def train_and_save(args: argparse.Namespace, ctx, checkpoint: Checkpointing | No
         "train_minutes": round(history.seconds / 60, 2),
         "total_minutes": round(minutes, 2),
         "torch_threads": torch.get_num_threads(),
+        **run_notes(ctx, precision, checkpoint.start_step),
     }
-    if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
-        metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
-    if checkpoint.start_step:
-        metrics["resumed_from_step"] = checkpoint.start_step
     path = save_checkpoint(model, SHIPPED_CLIP, config=config, command=command, metrics=metrics, folder=folder)
     print(f"saved {path} and {folder / TOKENIZER_FOLDER}/")
 

@@ -19,13 +19,21 @@ from pathlib import Path
 import torch
 
 from course_lib.core.checkpoints import save_checkpoint
-from course_lib.evaluate.classifiers import DIGIT_CLASSIFIER, train_digit_classifier
 from course_lib.core.cli import HelpFormatter
-from course_lib.train.distributed import distributed_run, resolve_precision
-from course_lib.worlds.mnist import MNIST5k
-from course_lib.train.run_config import add_runtime_arguments, parse_args
-from course_lib.train.state import Checkpointing
 from course_lib.core.utils import seed_everything
+from course_lib.evaluate.classifiers import DIGIT_CLASSIFIER
+from course_lib.train.judges import train_digit_classifier
+from course_lib.train.precision import resolve_precision
+from course_lib.train.run_config import (
+    add_runtime_arguments,
+    changed_flags,
+    launcher,
+    parse_args,
+    run_notes,
+    training_run,
+)
+from course_lib.train.state import Checkpointing
+from course_lib.worlds.mnist import MNIST5k
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,10 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     add_runtime_arguments(parser, stop_after=True)
     args = parse_args(parser, argv, script=Path(__file__).name)
     checkpoint = Checkpointing.from_args(args, data="MNIST5k('train')")
-    with distributed_run(args.device) as ctx:
-        ctx.check_same_on_all_ranks(vars(args), "settings")
+    with training_run(args) as ctx:
         seed_everything(args.seed)
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         train, test = MNIST5k("train"), MNIST5k("test")
         start = time.time()
         model, losses = train_digit_classifier(train.images, train.labels, epochs=args.epochs,
@@ -60,18 +66,11 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             acc = (model(test.images).argmax(1) == test.labels).float().mean().item()
         print(f"test accuracy {acc:.4f} on {len(test)} held-back digits; trained in {minutes:.1f} min")
-        extra = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k, default in
-                        (("batch_size", 64), ("lr", 2e-3), ("width", 32), ("feature_dim", 128))
-                        if getattr(args, k) != default)
         precision = resolve_precision(args.precision, ctx.device)
-        launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
         metrics = {"test_accuracy": round(acc, 4), "train_minutes": round(minutes, 2),
-                   "final_loss": round(sum(losses[-50:]) / 50, 4)}
-        if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
-            metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
-        if checkpoint.start_step:
-            metrics["resumed_from_step"] = checkpoint.start_step
-        command = (f"{launcher} scripts/train_digit_classifier.py --epochs {args.epochs} --seed {args.seed}{extra}"
+                   "final_loss": round(sum(losses[-50:]) / 50, 4), **run_notes(ctx, precision, checkpoint.start_step)}
+        command = (f"{launcher(ctx)} scripts/train_digit_classifier.py --epochs {args.epochs} --seed {args.seed}"
+                   + changed_flags(args, {"batch_size": 64, "lr": 2e-3, "width": 32, "feature_dim": 128})
                    + ("" if precision == "fp32" else f" --precision {precision}"))
         save_checkpoint(model, DIGIT_CLASSIFIER, config=model.config, command=command, metrics=metrics,
                         folder=args.folder)

@@ -7,8 +7,8 @@ The digit diffusion model it is compared with is the course's MNIST U-Net stoppe
 budget, ``data/mnist_unet_short``, made by scripts/train_mnist_diffusion.py (notebook 06) with the
 same parameter count (``--config configs/train/mnist_unet_short.yaml``).
 
-Every setting comes from course_lib (``gan.TOY_GAN_TRAINING``, ``toy_diffusion.TOY_DIFFUSION_TRAINING``,
-``gan.MNIST_DCGAN_TRAINING``): the notebook trains with
+Every setting comes from course_lib (``course_lib.train.gan.TOY_GAN_TRAINING`` and ``MNIST_DCGAN_TRAINING``,
+``toy_diffusion.TOY_DIFFUSION_TRAINING``): the notebook trains with
 the same code and settings. The 2-D runs use one torch thread, as the notebook does. A GAN run is
 chaotic: the shipped seed-0 ring GAN came from an earlier run and differs from what this code gives
 on a given machine today (notebook 01, section 4, measures how one float32 step in the weights grows).
@@ -53,18 +53,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from course_lib.models import gan
-from course_lib.train import toy_diffusion
 from course_lib.core.checkpoints import save_checkpoint
-from course_lib.evaluate.classifiers import digit_features
 from course_lib.core.cli import HelpFormatter
-from course_lib.train.distributed import DistributedContext, distributed_run
-from course_lib.evaluate.metrics import frechet_distance
-from course_lib.worlds.mnist import MNIST5k
-from course_lib.train.run_config import add_checkpoint_arguments, parse_args
-from course_lib.worlds.toy2d import make_mixture, score_modes
-from course_lib.train.state import Checkpointing
 from course_lib.core.utils import count_parameters, get_device, seed_everything
+from course_lib.evaluate.classifiers import digit_features
+from course_lib.evaluate.metrics import frechet_distance
+from course_lib.models import gan
+from course_lib.models.toy import TOY_DENOISER, MLPDenoiser, ToyModelZoo
+from course_lib.train import toy_diffusion
+from course_lib.train.distributed import DistributedContext, distributed_run
+from course_lib.train.gan import MNIST_DCGAN_TRAINING, TOY_GAN_TRAINING, train_gan
+from course_lib.train.run_config import add_checkpoint_arguments, launcher, parse_args
+from course_lib.train.state import Checkpointing
+from course_lib.worlds.mnist import MNIST5k
+from course_lib.worlds.toy2d import make_mixture, score_modes
 
 TOY_MIXTURES = ("ring8", "grid25")
 TOY_EVAL_SAMPLES = 2500
@@ -75,10 +77,6 @@ def curve(values: list[float], points: int = 200) -> list[float]:
     """A long loss curve as ``points`` window means, small enough for a JSON file."""
     chunks = np.array_split(np.asarray(values, dtype=float), min(points, len(values)))
     return [round(float(c.mean()), 5) for c in chunks]
-
-
-def _launcher(ctx: DistributedContext) -> str:
-    return "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
 
 
 def _distributed_metrics(ctx: DistributedContext, batch_size: int, replica_difference: float,
@@ -92,14 +90,13 @@ def train_toy(seeds: int, ctx: DistributedContext | None = None, steps: int | No
     ctx = ctx or DistributedContext()
     checkpoint = checkpoint or Checkpointing()
     torch.set_num_threads(1)
-    gan_training, diffusion_training = gan.TOY_GAN_TRAINING, toy_diffusion.TOY_DIFFUSION_TRAINING
+    gan_training, diffusion_training = TOY_GAN_TRAINING, toy_diffusion.TOY_DIFFUSION_TRAINING
     if steps is not None:
         gan_training = dataclasses.replace(gan_training, steps=steps)
         diffusion_training = dataclasses.replace(diffusion_training, steps=steps)
     runs = checkpoint.parts({f"{name}_seed{seed}_{kind}": {"part": "toy", "mixture": name}
                              for name in TOY_MIXTURES for seed in range(seeds) for kind in ("gan", "diffusion")})
-    zoo = toy_diffusion.ToyModelZoo(TOY_MIXTURES, seeds, dataclasses.asdict(gan.TOY_GAN),
-                                    dataclasses.asdict(toy_diffusion.TOY_DENOISER))
+    zoo = ToyModelZoo(TOY_MIXTURES, seeds, dataclasses.asdict(gan.TOY_GAN), dataclasses.asdict(TOY_DENOISER))
     schedule = toy_diffusion.toy_schedule()
     metrics: dict = {"seconds": {"gan": [], "diffusion": []}}
     replica_difference, resumed = 0.0, []
@@ -109,8 +106,8 @@ def train_toy(seeds: int, ctx: DistributedContext | None = None, steps: int | No
             seed_everything(seed)
             G, D = gan.MLPGenerator(gan.TOY_GAN), gan.MLPDiscriminator(gan.TOY_GAN)
             run = runs[f"{name}_seed{seed}_gan"]
-            h = gan.train_gan(G, D, mixture.sample, dataclasses.replace(gan_training, seed=seed),
-                              show_progress=False, distributed=ctx, checkpoint=run)
+            h = train_gan(G, D, mixture.sample, dataclasses.replace(gan_training, seed=seed),
+                          show_progress=False, distributed=ctx, checkpoint=run)
             if run.stopped_at is not None:
                 ctx.print(run.stopped_message(f"{name} seed {seed} (GAN)"))
                 return
@@ -118,7 +115,7 @@ def train_toy(seeds: int, ctx: DistributedContext | None = None, steps: int | No
             resumed.append(run.start_step)
 
             seed_everything(seed)
-            M = toy_diffusion.MLPDenoiser(toy_diffusion.TOY_DENOISER)
+            M = MLPDenoiser(TOY_DENOISER)
             run = runs[f"{name}_seed{seed}_diffusion"]
             hd = toy_diffusion.train_diffusion(M, mixture.sample, schedule,
                                                dataclasses.replace(diffusion_training, seed=seed),
@@ -149,8 +146,8 @@ def train_toy(seeds: int, ctx: DistributedContext | None = None, steps: int | No
     save_checkpoint(zoo, "toy_gan_vs_diffusion",
                     config={"mixtures": list(TOY_MIXTURES), "seeds": seeds,
                             "gan": dataclasses.asdict(gan.TOY_GAN),
-                            "denoiser": dataclasses.asdict(toy_diffusion.TOY_DENOISER)},
-                    command=f"{_launcher(ctx)} scripts/train_gan_vs_diffusion.py --part toy --seeds {seeds}"
+                            "denoiser": dataclasses.asdict(TOY_DENOISER)},
+                    command=f"{launcher(ctx)} scripts/train_gan_vs_diffusion.py --part toy --seeds {seeds}"
                             + ("" if steps is None else f" --steps {steps}"),
                     metrics=metrics, folder=folder)
 
@@ -170,8 +167,8 @@ def train_dcgan(threads: int, device: str | None = None, ctx: DistributedContext
     G, D = gan.DCGANGenerator(gan.MNIST_DCGAN), gan.DCGANDiscriminator(gan.MNIST_DCGAN)
     dev = ctx.device
     G, D = G.to(dev), D.to(dev)
-    config = gan.MNIST_DCGAN_TRAINING if steps is None else dataclasses.replace(gan.MNIST_DCGAN_TRAINING, steps=steps)
-    h = gan.train_gan(G, D, train.images, config, distributed=ctx, checkpoint=checkpoint)
+    config = MNIST_DCGAN_TRAINING if steps is None else dataclasses.replace(MNIST_DCGAN_TRAINING, steps=steps)
+    h = train_gan(G, D, train.images, config, distributed=ctx, checkpoint=checkpoint)
     if checkpoint.stopped_at is not None:
         ctx.print(checkpoint.stopped_message("the DCGAN"))
         return
@@ -191,7 +188,7 @@ def train_dcgan(threads: int, device: str | None = None, ctx: DistributedContext
         metrics["distributed"] = {**_distributed_metrics(ctx, config.batch_size, h.replica_difference, h.start_step),
                                   "batchnorm": "per-process batch statistics (running statistics averaged at the end)"}
     save_checkpoint(G, "dcgan_mnist", config=dataclasses.asdict(gan.MNIST_DCGAN),
-                    command=f"{_launcher(ctx)} scripts/train_gan_vs_diffusion.py --part dcgan --threads {threads}"
+                    command=f"{launcher(ctx)} scripts/train_gan_vs_diffusion.py --part dcgan --threads {threads}"
                             + ("" if dev.type == "cpu" else f" --device {dev.type}")
                             + ("" if steps is None else f" --steps {steps}"),
                     metrics=metrics, folder=folder)

@@ -22,39 +22,26 @@ data/manifest.json with its checksum, the measurements in its .json.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from course_lib.evaluate.adherence import score_adherence  # noqa: E402
-from course_lib.core.checkpoints import read_manifest, record_checkpoint  # noqa: E402
-from course_lib.core.cli import HelpFormatter  # noqa: E402
-from course_lib.pipeline.config import SHIPPED_CONFIG  # noqa: E402
-from course_lib.models.lora import (  # noqa: E402
-    TARGET_PRESETS,
-    add_lora,
-    concept_adherence,
-    concept_data,
-    count_lora_parameters,
-    save_lora,
-)
-from course_lib.core.paths import data_dir  # noqa: E402
-from course_lib.pipeline.text_to_image import load_shipped_pipeline  # noqa: E402
-from course_lib.evaluate.prompt_eval import evaluate_prompts  # noqa: E402
-from course_lib.train.run_config import parse_args  # noqa: E402
-from course_lib.worlds.shapeworld import COLOR_NAMES, SHAPES, is_held_out, parse_caption  # noqa: E402
-from course_lib.train.text_to_image import (  # noqa: E402
-    SHIPPED_T2I_UNET,
-    TRAIN_SEED,
-    LatentCaptionData,
-    TextConditioner,
-)
-from course_lib.train.diffusion import TrainingConfig, train_diffusion_model  # noqa: E402
-from course_lib.core.utils import seed_everything  # noqa: E402
+from course_lib.core.checkpoints import read_manifest, record_checkpoint
+from course_lib.core.cli import HelpFormatter
+from course_lib.core.paths import data_dir
+from course_lib.core.utils import seed_everything
+from course_lib.evaluate.adherence import score_adherence
+from course_lib.evaluate.concept_eval import concept_adherence
+from course_lib.evaluate.prompt_eval import evaluate_prompts
+from course_lib.models.lora import TARGET_PRESETS, add_lora, count_lora_parameters, save_lora
+from course_lib.pipeline.config import SHIPPED_CONFIG
+from course_lib.pipeline.shipped import load_shipped_pipeline
+from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
+from course_lib.train.lora import concept_data
+from course_lib.train.run_config import parse_args, window_means
+from course_lib.train.text_to_image import SHIPPED_T2I_UNET, TRAIN_SEED, LatentCaptionData, TextConditioner
+from course_lib.worlds.shapeworld import COLOR_NAMES, SHAPES, is_held_out, parse_caption
 
 GUIDANCE, STEPS, SAMPLER = 4.0, 20, "dpm-solver++"   # as tests/test_t2i_shipped.py and the benchmark
 
@@ -189,8 +176,7 @@ def main(argv: list[str] | None = None) -> None:
                "trainable_share": round(count.fraction, 5),
                "loss_first_50_steps": round(sum(first) / len(first), 4),
                "loss_last_50_steps": round(sum(tail) / len(tail), 4),
-               "loss_every_50_steps": [round(sum(result.losses[i:i + 50]) / len(result.losses[i:i + 50]), 4)
-                                       for i in range(0, len(result.losses), 50)],
+               "loss_every_50_steps": window_means(result.losses, 50),
                "evaluation": {"sampler": SAMPLER, "steps": STEPS, "guidance_scale": GUIDANCE,
                               "before": before, "after": after}}
     record_checkpoint(weights, args.name, config=config_json, command=command, metrics=metrics)

@@ -19,22 +19,19 @@ it), ``--device cuda --precision bf16`` on a GPU, ``torchrun --nproc_per_node=N`
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from course_lib.core.cli import HelpFormatter  # noqa: E402
-from course_lib.train.distributed import distributed_run, resolve_precision  # noqa: E402
-from course_lib.worlds.mnist import MNIST5k  # noqa: E402
-from course_lib.train.run_config import add_runtime_arguments, parse_args  # noqa: E402
-from course_lib.diffusion.schedules import make_schedule  # noqa: E402
-from course_lib.train.diffusion import TrainingConfig, save_diffusion_checkpoint, train_diffusion_model  # noqa: E402
-from course_lib.models.unet import UNet, UNetConfig  # noqa: E402
-from course_lib.core.utils import count_parameters, seed_everything  # noqa: E402
+from course_lib.core.cli import HelpFormatter
+from course_lib.core.utils import count_parameters, seed_everything
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.models.unet import UNet, UNetConfig
+from course_lib.train.diffusion import TrainingConfig, save_diffusion_checkpoint, train_diffusion_model
+from course_lib.train.precision import resolve_precision
+from course_lib.train.run_config import add_runtime_arguments, launcher, parse_args, training_run, window_means
+from course_lib.worlds.mnist import MNIST5k
 
 
 def mnist_unet_config(base_channels: int = 16) -> UNetConfig:
@@ -64,11 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     add_runtime_arguments(p)
     args = parse_args(p, argv, script=Path(__file__).name)
 
-    with distributed_run(args.device) as ctx:
-        threads = args.threads if args.threads is not None else (2 if ctx.world_size == 1 else None)
-        if threads is not None:
-            torch.set_num_threads(threads)
-        ctx.check_same_on_all_ranks(vars(args), "settings")
+    with training_run(args, default_threads=2) as ctx:
         seed_everything(args.seed)
         images = MNIST5k("train").images                                  # (4500, 1, 28, 28) in [-1, 1]
         schedule = make_schedule(args.schedule)
@@ -98,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                   "learning rate reached 0; the saved command (which names the steps taken) will not reproduce "
                   "these weights exactly", flush=True)
 
-        launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
-        command = (f"{launcher} scripts/train_mnist_diffusion.py --steps {result.steps} "
+        command = (f"{launcher(ctx)} scripts/train_mnist_diffusion.py --steps {result.steps} "
                    f"--batch-size {args.batch_size} "
                    f"--lr {args.lr} --ema-decay {args.ema_decay} --base-channels {args.base_channels} "
                    f"--prediction-type {args.prediction_type} --schedule {args.schedule} --seed {args.seed}"
@@ -114,8 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                    "loss_last_500_steps": round(final_loss, 4),
                    "machine": "2 shared CPU cores (other jobs running), fp32" if single_cpu else
                               f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}",
-                   "loss_every_50_steps": [round(sum(result.losses[i:i + 50]) / len(result.losses[i:i + 50]), 4)
-                                           for i in range(0, len(result.losses), 50)]}
+                   "loss_every_50_steps": window_means(result.losses, 50)}
         if ctx.world_size > 1 or result.start_step:
             metrics["distributed"] = {"world_size": ctx.world_size, "per_process_batch": args.batch_size
                                       // ctx.world_size, "replica_difference": result.replica_difference,

@@ -25,18 +25,24 @@ from pathlib import Path
 
 from course_lib.core.checkpoints import save_checkpoint
 from course_lib.core.cli import HelpFormatter
-from course_lib.train.distributed import distributed_run, resolve_precision
-from course_lib.train.run_config import add_runtime_arguments, parse_args
+from course_lib.core.utils import seed_everything
 from course_lib.models.segmentation import (
     SegmentationUNet,
     SegmentationUNetConfig,
     mean_iou,
     predict,
-    shapeworld_segmentation_data,
-    train_segmenter,
 )
+from course_lib.train.precision import resolve_precision
+from course_lib.train.run_config import (
+    add_runtime_arguments,
+    changed_flags,
+    launcher,
+    parse_args,
+    run_notes,
+    training_run,
+)
+from course_lib.train.segmentation import shapeworld_segmentation_data, train_segmenter
 from course_lib.train.state import Checkpointing
-from course_lib.core.utils import seed_everything
 
 NAMES = {True: "segmentation_unet", False: "segmentation_unet_no_skip"}
 TRAIN_SEED, EVAL_SEED = 0, 1  # notebook 03 tests on fresh images from yet another seed
@@ -57,8 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     chosen = [skip for skip in (True, False) if args.only is None or skip == (args.only == "skip")]
     checkpoints = Checkpointing.from_args(args, data={"images": args.images, "seed": TRAIN_SEED}).parts(
         NAMES[skip] for skip in chosen)
-    with distributed_run(args.device) as ctx:
-        ctx.check_same_on_all_ranks(vars(args), "settings")
+    with training_run(args) as ctx:
         images, masks = shapeworld_segmentation_data(args.images, seed=TRAIN_SEED)
         eval_data = shapeworld_segmentation_data(500, seed=EVAL_SEED)
         precision = resolve_precision(args.precision, ctx.device)
@@ -85,20 +90,14 @@ def main(argv: list[str] | None = None) -> None:
             loss_curve = [round(sum(hist.losses[i:i + every]) / every, 4) for i in range(0, len(hist.losses), every)]
             print(f"{NAMES[skip]}: mean IoU {miou:.4f} on 500 held-back images; trained in {minutes:.1f} min",
                   flush=True)
-            extra = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k, default in
-                            (("batch_size", 32), ("lr", 3e-3), ("base_channels", 8)) if getattr(args, k) != default)
-            launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
             metrics = {"eval_mean_iou": round(miou, 4), "train_minutes": round(minutes, 2),
                        "loss_every_10_steps": loss_curve, "eval_steps": hist.eval_steps,
                        "eval_mean_iou_curve": [round(v, 4) for v in hist.eval_miou],
                        "train": {"steps": args.steps, "images": args.images, "batch_size": args.batch_size,
-                                 "lr": args.lr, "seed": args.seed}}
-            if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
-                metrics["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
-            if checkpoint.start_step:
-                metrics["resumed_from_step"] = checkpoint.start_step
+                                 "lr": args.lr, "seed": args.seed}, **run_notes(ctx, precision, checkpoint.start_step)}
+            extra = changed_flags(args, {"batch_size": 32, "lr": 3e-3, "base_channels": 8})
             save_checkpoint(model, NAMES[skip], config=asdict(model.config),
-                            command=f"{launcher} scripts/train_segmentation.py --steps {args.steps} "
+                            command=f"{launcher(ctx)} scripts/train_segmentation.py --steps {args.steps} "
                                     f"--images {args.images} --seed {args.seed}{extra}"
                                     + ("" if precision == "fp32" else f" --precision {precision}"),
                             metrics=metrics, folder=args.folder)

@@ -25,32 +25,29 @@ matches one process), and ``--checkpoint-dir DIR`` / ``--resume DIR``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from course_lib.core.cli import HelpFormatter  # noqa: E402
-from course_lib.train.clip import load_shipped_clip  # noqa: E402
-from course_lib.train.distributed import distributed_run, resolve_precision  # noqa: E402
-from course_lib.models.mmdit import MMDiT, MMDiTConfig  # noqa: E402
-from course_lib.diffusion.rectified_flow import FLOW_PREDICTION, FlowMatchSchedule  # noqa: E402
-from course_lib.train.run_config import add_runtime_arguments, parse_args  # noqa: E402
-from course_lib.diffusion.schedules import make_schedule  # noqa: E402
-from course_lib.train.text_to_image import (  # noqa: E402
+from course_lib.core.cli import HelpFormatter
+from course_lib.core.utils import count_parameters, seed_everything
+from course_lib.diffusion.rectified_flow import FLOW_PREDICTION, FlowMatchSchedule
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.models.mmdit import MMDiT, MMDiTConfig
+from course_lib.models.unet import UNet
+from course_lib.train.clip import load_shipped_clip
+from course_lib.train.diffusion import TrainingConfig, save_diffusion_checkpoint, train_diffusion_model
+from course_lib.train.latents import load_shipped_autoencoder
+from course_lib.train.precision import resolve_precision
+from course_lib.train.run_config import add_runtime_arguments, launcher, parse_args, training_run, window_means
+from course_lib.train.text_to_image import (
     SHIPPED_T2I_UNET,
     TRAIN_SEED,
     LatentCaptionData,
     TextConditioner,
     t2i_unet_config,
 )
-from course_lib.train.diffusion import TrainingConfig, save_diffusion_checkpoint, train_diffusion_model  # noqa: E402
-from course_lib.models.unet import UNet  # noqa: E402
-from course_lib.core.utils import count_parameters, seed_everything  # noqa: E402
-from course_lib.train.autoencoder import load_shipped_autoencoder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,11 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     add_runtime_arguments(p)
     args = parse_args(p, argv, script=Path(__file__).name)
 
-    with distributed_run(args.device) as ctx:
-        threads = args.threads if args.threads is not None else (2 if ctx.world_size == 1 else None)
-        if threads is not None:
-            torch.set_num_threads(threads)
-        ctx.check_same_on_all_ranks(vars(args), "settings")
+    with training_run(args, default_threads=2) as ctx:
         seed_everything(args.seed)
         tokenizer, clip = load_shipped_clip()
         vae = load_shipped_autoencoder()
@@ -133,12 +126,12 @@ def main(argv: list[str] | None = None) -> None:
               f"{sum(tail) / len(tail):.4f}", flush=True)
 
         channels = " ".join(map(str, args.channels))
-        launcher = "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
         sizes = (f"--channels {channels}" if args.model == "unet" else
                  f"--model mmdit --patch-size {args.patch_size} --layers {args.layers} --heads {args.heads} "
                  f"--head-dim {args.head_dim}")
-        command = (f"{launcher} scripts/train_text_to_image.py --steps {result.steps} --batch-size {args.batch_size} "
-                   f"--lr {args.lr} --ema-decay {args.ema_decay} --images {args.images} {sizes} "
+        command = (f"{launcher(ctx)} scripts/train_text_to_image.py --steps {result.steps} "
+                   f"--batch-size {args.batch_size} --lr {args.lr} --ema-decay {args.ema_decay} "
+                   f"--images {args.images} {sizes} "
                    + ("--objective flow " if flow else "")
                    + f"--caption-dropout {args.caption_dropout} --seed {args.seed}"
                    + ("" if args.mask_padding else " --no-mask-padding")
@@ -150,8 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                    "threads": torch.get_num_threads(), "loss_last_200_steps": round(sum(tail) / len(tail), 4),
                    "machine": "2 shared CPU cores, fp32" if single_cpu else
                               f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}",
-                   "loss_every_50_steps": [round(sum(result.losses[i:i + 50]) / len(result.losses[i:i + 50]), 4)
-                                           for i in range(0, len(result.losses), 50)]}
+                   "loss_every_50_steps": window_means(result.losses, 50)}
         if ctx.world_size > 1 or result.start_step:
             metrics["distributed"] = {"world_size": ctx.world_size, "per_process_batch": args.batch_size
                                       // ctx.world_size, "replica_difference": result.replica_difference,

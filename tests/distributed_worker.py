@@ -22,10 +22,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from course_lib.train.distributed import init_distributed, shutdown_distributed
 from course_lib.diffusion.schedules import make_schedule
-from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
 from course_lib.models.unet import UNet, UNetConfig
+from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
+from course_lib.train.distributed import init_distributed, shutdown_distributed
 
 STEPS, BATCH, SEED = 4, 8, 3
 CONFIG = TrainingConfig(steps=STEPS, batch_size=BATCH, lr=1e-3, warmup_steps=0, ema_decay=0.9, seed=SEED)

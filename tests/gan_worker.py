@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/gan_worker.py OUT [SCRIPT ARGS...]
 
-Each process trains with ``gan.train_gan`` on the CPU (gloo), DistributedDataParallel over both:
+Each process trains with ``course_lib.train.gan.train_gan`` on the CPU (gloo), DistributedDataParallel over both:
 
 1. a tiny 2-D GAN (MLPs, no BatchNorm) for ``STEPS`` steps;
 2. a tiny DCGAN (BatchNorm in both networks) for ``STEPS`` steps; then the same DCGAN again, stopped
@@ -26,12 +26,13 @@ from safetensors.torch import save_file
 
 from course_lib.models import gan
 from course_lib.train.distributed import DistributedContext, init_distributed, shutdown_distributed
-from course_lib.worlds.toy2d import make_mixture
+from course_lib.train.gan import GANHistory, GANTrainConfig, train_gan
 from course_lib.train.state import Checkpointing
+from course_lib.worlds.toy2d import make_mixture
 
 STEPS, BATCH = 4, 8
-TOY = gan.GANTrainConfig(steps=STEPS, batch_size=BATCH, lr_generator=2e-3, lr_discriminator=2e-3, seed=1)
-DCGAN = gan.GANTrainConfig(steps=STEPS, batch_size=BATCH, lr_generator=2e-3, lr_discriminator=2e-3, seed=2)
+TOY = GANTrainConfig(steps=STEPS, batch_size=BATCH, lr_generator=2e-3, lr_discriminator=2e-3, seed=1)
+DCGAN = GANTrainConfig(steps=STEPS, batch_size=BATCH, lr_generator=2e-3, lr_discriminator=2e-3, seed=2)
 
 
 def toy_nets() -> tuple[gan.MLPGenerator, gan.MLPDiscriminator]:
@@ -61,9 +62,9 @@ def weights(prefix: str, G: torch.nn.Module, D: torch.nn.Module) -> dict[str, to
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
-def train_toy(ctx: DistributedContext | None = None) -> tuple[dict[str, torch.Tensor], gan.GANHistory]:
+def train_toy(ctx: DistributedContext | None = None) -> tuple[dict[str, torch.Tensor], GANHistory]:
     G, D = toy_nets()
-    history = gan.train_gan(G, D, ring, TOY, show_progress=False, distributed=ctx)
+    history = train_gan(G, D, ring, TOY, show_progress=False, distributed=ctx)
     return weights("toy", G, D), history
 
 
@@ -72,13 +73,13 @@ def main(out: Path) -> None:
     ctx = init_distributed("cpu")
     state, toy = train_toy(ctx)
     G, D = dcgan_nets()
-    dcgan = gan.train_gan(G, D, digits(), DCGAN, show_progress=False, distributed=ctx)
+    dcgan = train_gan(G, D, digits(), DCGAN, show_progress=False, distributed=ctx)
     state.update(weights("dcgan", G, D))
     G, D = dcgan_nets()
     stopped = Checkpointing(out / "dcgan-state", stop_after=STEPS // 2)
-    gan.train_gan(G, D, digits(), DCGAN, show_progress=False, distributed=ctx, checkpoint=stopped)
+    train_gan(G, D, digits(), DCGAN, show_progress=False, distributed=ctx, checkpoint=stopped)
     G, D = dcgan_nets(seed=99)  # other weights: the resume must replace them all
-    resumed = gan.train_gan(G, D, digits(), DCGAN, show_progress=False, distributed=ctx,
+    resumed = train_gan(G, D, digits(), DCGAN, show_progress=False, distributed=ctx,
                             checkpoint=Checkpointing(resume=out / "dcgan-state"))
     state.update(weights("resumed", G, D))
     save_file(state, str(out / f"rank{ctx.rank}.safetensors"))

@@ -7,6 +7,7 @@ from diffusers.models.attention import FeedForward as RefFeedForward
 from diffusers.models.attention_processor import Attention as RefAttention
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
+from course_lib.core.utils import seed_everything
 from course_lib.models.attention import (
     AttentionBlock,
     BasicTransformerBlock,
@@ -14,7 +15,6 @@ from course_lib.models.attention import (
     FeedForward,
     SpatialTransformer,
 )
-from course_lib.core.utils import seed_everything
 
 ATOL = RTOL = 1e-6
 

@@ -56,7 +56,7 @@ NEW_SEED = "7"
 TEST_BUDGET_S = 100        # the whole test, server and browser start included (shutdown: at most ~20 s more)
 OUT = ".jp-OutputArea-output"
 
-SETUP_CELL = """from course_lib.pipeline.text_to_image import load_shipped_pipeline
+SETUP_CELL = """from course_lib.pipeline.shipped import load_shipped_pipeline
 from course_lib.pipeline.widgets import make_generator
 
 pipe = load_shipped_pipeline()"""

@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 
 from course_lib.generate import main
 from course_lib.models.lora import add_lora, save_lora
-from course_lib.pipeline.text_to_image import load_image, load_shipped_pipeline
+from course_lib.pipeline.shipped import load_shipped_pipeline
+from course_lib.pipeline.text_to_image import load_image
 
 
 def test_a_shipped_lora_by_name_changes_the_image(tmp_path, capsys):

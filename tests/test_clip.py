@@ -13,6 +13,7 @@ from transformers import CLIPTextConfig as HFTextConfig
 from transformers import CLIPTextModel
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
+from course_lib.core.utils import seed_everything
 from course_lib.models.clip import (
     CLIPTextConfig,
     CLIPTextEncoder,
@@ -22,12 +23,11 @@ from course_lib.models.clip import (
     TextEncoderOutput,
     causal_mask,
     clip_loss,
-    load_hf_clip_text_state_dict,
     retrieval_recall_at_k,
     zero_shot_classify,
 )
 from course_lib.models.tokenizer import CLIPStyleTokenizer, train_bpe
-from course_lib.core.utils import seed_everything
+from course_lib.pipeline.convert.clip import clip_text_config_from_hf, load_hf_clip_text_state_dict
 
 ATOL = RTOL = 1e-5
 # PROMPTS[2] is longer than the 16-token context on purpose (truncated rows are compared too).
@@ -64,7 +64,7 @@ def randomized_hf_model(config: HFTextConfig) -> CLIPTextModel:
 
 
 def ours_from(hf_model: CLIPTextModel, state_dict=None) -> CLIPTextEncoder:
-    model = CLIPTextEncoder(CLIPTextConfig.from_hf_config(hf_model.config))
+    model = CLIPTextEncoder(clip_text_config_from_hf(hf_model.config))
     load_hf_clip_text_state_dict(model, hf_model.state_dict() if state_dict is None else state_dict)
     return model.eval()
 
@@ -162,7 +162,7 @@ def test_causal_mask_really_is_causal(tokenizer, hf_model):
 # ------------------------------------------------------------------------------------- loader errors
 def test_loader_names_offending_keys(hf_model):
     state = dict(hf_model.state_dict())
-    ours = CLIPTextEncoder(CLIPTextConfig.from_hf_config(hf_model.config))
+    ours = CLIPTextEncoder(clip_text_config_from_hf(hf_model.config))
     missing = {k: v for k, v in state.items() if k != "encoder.layers.1.mlp.fc2.bias"}
     with pytest.raises(ValueError, match=r"missing keys \(1\).*encoder\.layers\.1\.mlp\.fc2\.bias"):
         load_hf_clip_text_state_dict(ours, missing)

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from transformers import CLIPTextConfig as HFTextConfig
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from course_lib.worlds import shapeworld as sw
+from course_lib.core.paths import data_dir
 from course_lib.models.clip import clip_loss, matching_targets
+from course_lib.models.tokenizer import PromptTruncatedWarning
 from course_lib.train.clip import (
     ClipTrainingConfig,
     build_clip_model,
@@ -32,8 +33,7 @@ from course_lib.train.clip import (
     shipped_metrics,
     train_contrastive,
 )
-from course_lib.core.paths import data_dir
-from course_lib.models.tokenizer import PromptTruncatedWarning
+from course_lib.worlds import shapeworld as sw
 
 PROMPTS = [
     "a small red circle in the top left",

@@ -11,15 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from course_lib.diffusion.guidance import guided_model_fn
+from course_lib.diffusion.schedules import make_schedule
 from course_lib.models.attention import CrossAttention, check_context_mask
 from course_lib.models.clip import CLIPTextConfig, CLIPTextEncoder
-from course_lib.diffusion.guidance import guided_model_fn
-from course_lib.pipeline.text_to_image import TextToImagePipeline
-from course_lib.diffusion.schedules import make_schedule
-from course_lib.train.text_to_image import TextConditioner, t2i_unet_config
 from course_lib.models.tokenizer import CLIPStyleTokenizer
 from course_lib.models.unet import UNet
 from course_lib.models.vae import AutoencoderConfig, AutoencoderKL
+from course_lib.pipeline.text_to_image import TextToImagePipeline
+from course_lib.train.text_to_image import TextConditioner, t2i_unet_config
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,10 @@ import warnings
 
 import pytest
 import torch
+from conftest import require
 
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
+diffusers = require("diffusers")
+transformers = require("transformers")
 
 from diffusers import (  # noqa: E402
     AutoencoderKL,
@@ -36,7 +37,10 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import CLIPTextConfig as HFTextConfig  # noqa: E402
 from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
 
+from course_lib.diffusion.guidance import apply_style, guided_model_fn  # noqa: E402
+from course_lib.diffusion.samplers import sample  # noqa: E402
 from course_lib.models.clip import CLIPTextConfig, CLIPTextEncoder  # noqa: E402
+from course_lib.models.tokenizer import CLIPStyleTokenizer, train_bpe  # noqa: E402
 from course_lib.pipeline.convert import (  # noqa: E402
     CheckpointError,
     SchedulerSettingWarning,
@@ -50,10 +54,7 @@ from course_lib.pipeline.convert import (  # noqa: E402
     text_config_from_transformers,
     unet_config_from_diffusers,
 )
-from course_lib.diffusion.guidance import apply_style, guided_model_fn  # noqa: E402
 from course_lib.pipeline.text_to_image import TextToImagePipeline  # noqa: E402
-from course_lib.diffusion.samplers import sample  # noqa: E402
-from course_lib.models.tokenizer import CLIPStyleTokenizer, train_bpe  # noqa: E402
 
 ATOL = 5e-5
 STEPS = 10
@@ -422,7 +423,7 @@ def test_other_unsupported_settings_are_named(copy_of):
 
 
 def test_download_says_offline_in_one_sentence(monkeypatch):
-    huggingface_hub = pytest.importorskip("huggingface_hub")
+    huggingface_hub = require("huggingface_hub")
 
     class RepositoryNotFoundError(Exception):
         pass

@@ -1,8 +1,10 @@
-"""The plain-versus-residual experiment of notebook 02 (course_lib.models.depth): small and fast."""
+"""The plain-versus-residual experiment of notebook 02 (course_lib.models.depth, course_lib.train.depth): small
+and fast."""
 
 import pytest
 import torch
 
+from course_lib.core.utils import seed_everything
 from course_lib.models.depth import (
     DeepMLP,
     DeepMLPConfig,
@@ -10,9 +12,8 @@ from course_lib.models.depth import (
     gradient_norms_at_init,
     layer_gradient_norms,
     mean_loss,
-    train_classifier,
 )
-from course_lib.core.utils import seed_everything
+from course_lib.train.depth import train_classifier
 
 
 def toy_data(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ DistributedDataParallel, identical weights in both processes, the 2-D GAN equal 
 DCGAN (BatchNorm) stopped and resumed under torchrun equal to its uninterrupted run, and then
 ``scripts/train_gan_vs_diffusion.py --part toy`` in the two processes.
 
-In one process: every training loop with ``checkpoint=`` (``training_state.Checkpointing``), stopped
+In one process: every training loop with ``checkpoint=`` (``course_lib.train.state.Checkpointing``), stopped
 and resumed, ends with the weights of an uninterrupted run; so does a training script
 (``train_digit_classifier.py`` with ``--stop-after`` / ``--resume``).
 
@@ -39,8 +39,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from course_lib.models import gan
 from course_lib.core.checkpoints import CheckpointError, load_weights
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.train.diffusion import TrainingConfig, load_diffusion_checkpoint, train_diffusion_model
 from course_lib.train.distributed import (
     DistributedContext,
     DistributedSetupError,
@@ -52,9 +53,8 @@ from course_lib.train.distributed import (
     resolve_precision,
     torchrun_env,
 )
+from course_lib.train.gan import train_gan
 from course_lib.train.run_config import load_config_file
-from course_lib.diffusion.schedules import make_schedule
-from course_lib.train.diffusion import TrainingConfig, load_diffusion_checkpoint, train_diffusion_model
 from course_lib.train.state import Checkpointing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -218,7 +218,7 @@ def test_gan_stopped_and_resumed_under_torchrun_is_the_uninterrupted_run(gan_pro
     # the state two processes saved resumes in one (which then normalises by the whole batch)
     G, D = gan_worker.dcgan_nets(seed=99)
     checkpoint = Checkpointing(resume=out / "dcgan-state")
-    history = gan.train_gan(G, D, gan_worker.digits(), gan_worker.DCGAN, show_progress=False, checkpoint=checkpoint)
+    history = train_gan(G, D, gan_worker.digits(), gan_worker.DCGAN, show_progress=False, checkpoint=checkpoint)
     assert history.start_step == 2 and len(history.loss_d) == gan_worker.STEPS
     assert history.loss_d[:2] == ranks[0]["dcgan"]["loss_d"][:2]
 
@@ -248,8 +248,14 @@ def _digits_subset():
 
 def _trainers():
     """name -> (build a model, train it with a checkpoint, step to stop at): tiny runs of every loop."""
+    from course_lib.evaluate.classifiers import AttributeNet, DigitClassifier
+    from course_lib.models.segmentation import (
+        SegmentationUNet,
+        SegmentationUNetConfig,
+    )
+    from course_lib.models.vae import AutoencoderConfig, AutoencoderKL
     from course_lib.train import toy_diffusion
-    from course_lib.evaluate.classifiers import AttributeNet, DigitClassifier, train_attribute_net, train_digit_classifier
+    from course_lib.train.autoencoder import AutoencoderTrainingConfig, train_autoencoder
     from course_lib.train.clip import (
         ClipTrainingConfig,
         build_clip_model,
@@ -258,14 +264,8 @@ def _trainers():
         load_shipped_tokenizer,
         train_contrastive,
     )
-    from course_lib.models.segmentation import (
-        SegmentationUNet,
-        SegmentationUNetConfig,
-        shapeworld_segmentation_data,
-        train_segmenter,
-    )
-    from course_lib.models.vae import AutoencoderConfig, AutoencoderKL
-    from course_lib.train.autoencoder import AutoencoderTrainingConfig, train_autoencoder
+    from course_lib.train.judges import train_attribute_net, train_digit_classifier
+    from course_lib.train.segmentation import shapeworld_segmentation_data, train_segmenter
 
     class Pair(torch.nn.Module):
         def __init__(self, G, D):
@@ -307,10 +307,10 @@ def _trainers():
                         lambda m, c: train_autoencoder(m, vae_training, checkpoint=c).loss, 3),
         "clip": (lambda: init_clip_weights(build_clip_model(**tokenizer_config)), clip, 2),
         "gan": (lambda: Pair(*gan_worker.toy_nets()),
-                lambda m, c: gan.train_gan(m.G, m.D, gan_worker.ring, gan_worker.TOY, show_progress=False,
+                lambda m, c: train_gan(m.G, m.D, gan_worker.ring, gan_worker.TOY, show_progress=False,
                                            checkpoint=c).loss_d, 2),
         "dcgan": (lambda: Pair(*gan_worker.dcgan_nets()),
-                  lambda m, c: gan.train_gan(m.G, m.D, gan_worker.digits(), gan_worker.DCGAN, show_progress=False,
+                  lambda m, c: train_gan(m.G, m.D, gan_worker.digits(), gan_worker.DCGAN, show_progress=False,
                                              checkpoint=c).loss_d, 2),
         "toy_diffusion": (lambda: toy_diffusion.MLPDenoiser(toy_diffusion.MLPDenoiserConfig(hidden=16, layers=2)),
                           toy_diffusion_run, 2),
@@ -373,7 +373,7 @@ def test_checkpointing_errors(tmp_path):
                                               r"segmentation_unet, segmentation_unet_no_skip"):
         Checkpointing(resume=tmp_path).parts(["segmentation_unet", "segmentation_unet_no_skip"])
     with pytest.raises(CheckpointError, match="not a training state"):  # a GAN resumed from nothing
-        gan.train_gan(*gan_worker.toy_nets(), gan_worker.ring, gan_worker.TOY, show_progress=False,
+        train_gan(*gan_worker.toy_nets(), gan_worker.ring, gan_worker.TOY, show_progress=False,
                       checkpoint=Checkpointing(resume=tmp_path / "nothing-here"))
 
 

@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.worlds import shapeworld as sw
 from course_lib.evaluate.adherence import SeenObject, check_caption, score_adherence
-from course_lib.evaluate.classifiers import digit_features, load_attribute_net, load_digit_classifier, shapeworld_features
+from course_lib.evaluate.classifiers import (
+    digit_features,
+    load_attribute_net,
+    load_digit_classifier,
+    shapeworld_features,
+)
 from course_lib.evaluate.metrics import compare_sets, frechet_distance, kernel_distance, precision_recall
+from course_lib.worlds import shapeworld as sw
 from course_lib.worlds.mnist import MNIST5k
 
 

@@ -1,4 +1,5 @@
-"""course_lib.models.gan and course_lib.train.toy_diffusion (notebook 01): shapes, loss values, training, errors."""
+"""course_lib.models.gan, course_lib.train.gan and course_lib.train.toy_diffusion (notebook 01): shapes, loss values,
+training, errors."""
 
 import dataclasses
 import math
@@ -7,23 +8,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.models import gan
+from course_lib.core.utils import count_parameters, seed_everything
 from course_lib.diffusion.forward import diffusion_loss
+from course_lib.diffusion.samplers import sample
+from course_lib.diffusion.schedules import linear_schedule
+from course_lib.models import gan
 from course_lib.models.gan import (
     DCGANConfig,
     DCGANDiscriminator,
     DCGANGenerator,
-    GANTrainConfig,
     MLPDiscriminator,
     MLPGANConfig,
     MLPGenerator,
     discriminator_loss,
     generator_loss,
-    train_gan,
 )
-from course_lib.diffusion.samplers import sample
-from course_lib.diffusion.schedules import linear_schedule
-from course_lib.worlds.toy2d import ring_of_gaussians
+from course_lib.models.unet import UNet, UNetConfig
+from course_lib.train.gan import GANTrainConfig, train_gan
 from course_lib.train.toy_diffusion import (
     DiffusionTrainConfig,
     MLPDenoiser,
@@ -32,8 +33,7 @@ from course_lib.train.toy_diffusion import (
     generate,
     train_diffusion,
 )
-from course_lib.models.unet import UNet, UNetConfig
-from course_lib.core.utils import count_parameters, seed_everything
+from course_lib.worlds.toy2d import ring_of_gaussians
 
 
 # ----------------------------------------------------------------------------------------------

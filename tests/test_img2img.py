@@ -37,9 +37,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require
 
-from course_lib.pipeline.text_to_image import GenerationSettings, img2img_steps, load_image, load_shipped_pipeline
 from course_lib.diffusion.samplers import sample, sampler_timesteps
+from course_lib.pipeline.shipped import load_shipped_pipeline
+from course_lib.pipeline.text_to_image import GenerationSettings, img2img_steps, load_image
 
 ROOT = Path(__file__).resolve().parent.parent
 ATOL = 5e-5
@@ -57,8 +59,8 @@ PROMPT, STYLE = "A dog eats a carrot", "cinematic-default"
 def tiny(tmp_path_factory):
     """name -> (course pipeline, diffusers components, scheduler config) for SD-1-like (epsilon) and
     SD-2-like v-prediction folders, built by tests/test_convert.py's ``build_case``."""
-    pytest.importorskip("diffusers")
-    pytest.importorskip("transformers")
+    require("diffusers")
+    require("transformers")
     from test_convert import build_case
 
     from course_lib.pipeline.convert import load_diffusers_pipeline

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from course_lib.train.clip import load_shipped_tokenizer
 from course_lib.models.tokenizer import PromptTruncatedWarning, UnknownWordsWarning, warn_unknown_words
+from course_lib.train.clip import load_shipped_tokenizer
 
 WORDS = "blue circle left of a red square above two green triangles".split()
 LONG_PROMPT = " ".join(WORDS[i % len(WORDS)] for i in range(300))  # 300 ShapeWorld words, one token each

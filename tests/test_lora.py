@@ -21,13 +21,13 @@ from torch import nn
 
 from course_lib.core.checkpoints import read_manifest
 from course_lib.diffusion.forward import diffusion_loss
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.evaluate.concept_eval import concept_adherence
 from course_lib.models.lora import (
     CROSS_ATTENTION_TARGETS,
     LoRAError,
     LoRALinear,
     add_lora,
-    apply_lora,
-    concept_adherence,
     count_lora_parameters,
     load_lora,
     lora_layers,
@@ -39,10 +39,10 @@ from course_lib.models.lora import (
     save_lora,
     unmerge_lora,
 )
-from course_lib.diffusion.schedules import make_schedule
-from course_lib.train.text_to_image import t2i_unet_config
-from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
 from course_lib.models.unet import UNet
+from course_lib.pipeline.lora import apply_lora
+from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
+from course_lib.train.text_to_image import t2i_unet_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_LORA = "shapeworld_lora_green_circle"
@@ -311,7 +311,7 @@ def test_shipped_lora_was_made_for_the_shipped_unet(shipped_meta):
 
 
 def test_shipped_lora_draws_the_new_pair():
-    from course_lib.pipeline.text_to_image import load_shipped_pipeline
+    from course_lib.pipeline.shipped import load_shipped_pipeline
 
     pipe = load_shipped_pipeline()
     apply_lora(pipe, SHIPPED_LORA)                              # by name: checksum verified

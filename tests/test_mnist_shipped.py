@@ -15,11 +15,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from course_lib.diffusion.samplers import sample
 from course_lib.evaluate.classifiers import digit_features
 from course_lib.evaluate.metrics import compare_sets, isolated_faint_pixels
-from course_lib.worlds.mnist import MNIST5k
-from course_lib.diffusion.samplers import sample
 from course_lib.train.diffusion import load_diffusion_checkpoint
+from course_lib.worlds.mnist import MNIST5k
 
 N = 120
 

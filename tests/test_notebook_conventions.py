@@ -87,9 +87,15 @@ def test_notebook_matches_its_source(nb):
     src = SRC / path.with_suffix(".py").name
     if not src.exists():
         pytest.skip(f"{path.name} has no source in notebooks/src/")
-    built = make_notebook(src)
-    assert [(c.cell_type, _text(c)) for c in built.cells] == [(c.cell_type, _text(c)) for c in notebook.cells], \
-        f"{path.name} differs from {src.name}: run `python3 course.py build {path.name[:2]}`"
+    built = make_notebook(src)  # what the build makes of the source now: badge and Colab setup cell added
+    want = [(c.cell_type, _text(c), c.metadata.get("tags", [])) for c in built.cells]
+    found = [(c.cell_type, _text(c), c.metadata.get("tags", [])) for c in notebook.cells]
+    if want != found:
+        i = next((i for i, (w, f) in enumerate(zip(want, found, strict=False)) if w != f), min(len(want), len(found)))
+        where = (f"cell {i}: built {want[i] if i < len(want) else 'nothing'!r:.300}\n"
+                 f"  committed {found[i] if i < len(found) else 'nothing'!r:.300}")
+        pytest.fail(f"{path.name} differs from {src.name} ({len(want)} cells built, {len(found)} committed; "
+                    f"first difference at {where}); run `python3 course.py build {path.name[:2]}`")
 
 
 def test_slide_metadata_follows_the_rule(nb):
@@ -107,3 +113,71 @@ def test_slide_metadata_follows_the_rule(nb):
     assert not wrong, (f"{path.name}: slide metadata differs from the rule; run `python scripts/build_notebooks.py "
                        f"--slides-only {path.name[:2]}`:\n" + "\n".join(wrong[:10]))
     assert found.count("slide") + found.count("subslide") > 1, f"{path.name}: a deck of one slide"
+
+
+def _builder():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_notebooks
+
+    return build_notebooks
+
+
+def test_the_build_adds_the_badge_and_the_colab_setup_cell(tmp_path):
+    """Sources carry neither: the build puts the badge after the title line and the setup cell after the title cell."""
+    from course_lib.core.links import REPO_URL, colab_badge
+
+    build = _builder()
+    src = tmp_path / "14_new_topic.py"
+    src.write_text("# %% [markdown]\n# # 14 · New\n#\n# You will be able to:\n# - build\n\n# %%\nx = 1\n\n"
+                   "# %%\n# TAGS: nbval-ignore-output\nprint(x)\n")
+    nb = build.make_notebook(src)
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code", "code", "code"]
+    assert nb.cells[0].source == f"# 14 · New\n\n{colab_badge('14_new_topic.ipynb')}\n\nYou will be able to:\n- build"
+    setup = nb.cells[1].source
+    assert setup == build.colab_setup() and build.COLAB_SETUP_MARK in setup and "{{" not in setup
+    assert f'"{REPO_URL}"' in setup and '"-e", "/content/course"]' in setup
+    assert nb.cells[3].metadata["tags"] == ["nbval-ignore-output"]
+    assert [c.metadata["slideshow"]["slide_type"] for c in nb.cells] == ["slide", "skip", "-", "subslide"]
+    assert [c.id for c in nb.cells] == ["cell-000", "cell-001", "cell-002", "cell-003"]
+
+
+def test_colab_extras_come_from_the_sources_header(tmp_path):
+    build = _builder()
+    src = tmp_path / "14_new_topic.py"
+    src.write_text("# ---\n# jupyter:\n#   colab_extras: reference\n# ---\n\n# %% [markdown]\n# # 14 · New\n\n"
+                   "# %%\nx = 1\n")
+    nb = build.make_notebook(src)
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code", "code"]
+    assert '"/content/course[reference]"]' in nb.cells[1].source
+    assert "# [reference] adds diffusers and transformers" in nb.cells[1].source
+    assert nb.metadata == {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                           "language_info": {"name": "python"}, "colab": {"provenance": []}}
+    src.write_text(src.read_text().replace("reference", "everything"))
+    with pytest.raises(ValueError, match="unknown colab_extras"):
+        build.make_notebook(src)
+
+
+@pytest.mark.parametrize("text, complaint", [
+    ("# %% [markdown]\n# # 14 · New\n#\n# {{COLAB_BADGE}}\n", "the build adds the badge"),
+    ('# %% [markdown]\n# # 14 · New\n\n# %%\nimport sys\nif "google.colab" in sys.modules:\n    pass\n',
+     "the build adds it"),
+    ("# %%\nx = 1\n", "first cell must be a markdown cell"),
+])
+def test_a_source_that_carries_what_the_build_adds_is_refused(tmp_path, text, complaint):
+    src = tmp_path / "14_new_topic.py"
+    src.write_text(text)
+    with pytest.raises(ValueError, match=complaint):
+        _builder().make_notebook(src)
+
+
+def test_every_source_builds_without_a_copy_of_the_common_cells():
+    build = _builder()
+    sources = sorted(build.SRC.glob("[0-9][0-9]_*.py"))
+    assert sources, "no sources in notebooks/src/"
+    for src in sources:
+        text = src.read_text()
+        assert "google.colab" not in text and "{{COLAB_BADGE}}" not in text, f"{src.name} carries a copy"
+        nb = build.make_notebook(src)
+        assert sum(build.skipped_on_slides(c) for c in nb.cells) == 1, src.name

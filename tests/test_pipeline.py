@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from course_lib.core.checkpoints import CheckpointError
+from course_lib.diffusion.guidance import STYLES, apply_style, guided_model_fn
+from course_lib.models.tokenizer import PromptTruncatedWarning
 from course_lib.pipeline.config import (
     SHIPPED_CONFIG,
     ConfigError,
@@ -22,9 +24,7 @@ from course_lib.pipeline.config import (
     instantiate_from_config,
     load_config,
 )
-from course_lib.diffusion.guidance import STYLES, apply_style, guided_model_fn
 from course_lib.pipeline.text_to_image import GenerationSettings
-from course_lib.models.tokenizer import PromptTruncatedWarning
 
 PROMPT = "a red circle above a blue square"
 
@@ -349,10 +349,10 @@ def test_command_line_names_a_damaged_weights_file(tmp_path, capsys, monkeypatch
     import shutil
 
     from course_lib.core import checkpoints
-    from course_lib.pipeline import config
     from course_lib.core.checkpoints import sha256_of
-    from course_lib.generate import main
     from course_lib.core.paths import data_dir
+    from course_lib.generate import main
+    from course_lib.pipeline import config_checks, config_parts
 
     data = tmp_path / "data"
     shutil.copytree(data_dir(), data, ignore=shutil.ignore_patterns("mnist_5k.npz", "*mnist*", "*segmentation*",
@@ -363,7 +363,8 @@ def test_command_line_names_a_damaged_weights_file(tmp_path, capsys, monkeypatch
     manifest["shapeworld_vae"]["sha256"] = sha256_of(weights)
     (data / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(checkpoints, "data_dir", lambda: data)
-    monkeypatch.setattr(config, "data_dir", lambda: data)
+    monkeypatch.setattr(config_checks, "data_dir", lambda: data)
+    monkeypatch.setattr(config_parts, "data_dir", lambda: data)
     assert main([PROMPT, "--steps", "1", "--out", str(tmp_path / "o.png")]) == 2
     err = capsys.readouterr().err
     assert "shapeworld_vae.safetensors matches its checksum" in err and "not a readable safetensors file" in err

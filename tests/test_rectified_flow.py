@@ -183,7 +183,7 @@ def test_flow_training_needs_both_schedule_and_prediction_type():
 def test_sliced_flow_loss_is_the_single_process_loss():
     """Under torchrun each process draws the whole global batch's sigmas and noise and keeps its slice, so
     the mean of the slices' losses is the single-process loss of the same generator state."""
-    from course_lib.train.diffusion import _sliced_diffusion_loss
+    from course_lib.train.diffusion_data import sliced_diffusion_loss
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 8), torch.nn.Unflatten(1, (2, 2, 2)))
@@ -192,7 +192,7 @@ def test_sliced_flow_loss_is_the_single_process_loss():
     g = torch.Generator().manual_seed(4)
     sigma, noise = schedule.draw_training_sigmas(6, g), torch.randn(x0.shape, generator=g)
     whole = flow_matching_loss(model, x0, sigma, noise)
-    halves = [_sliced_diffusion_loss(model, x0, schedule, "flow", torch.Generator().manual_seed(4), {}, part,
+    halves = [sliced_diffusion_loss(model, x0, schedule, "flow", torch.Generator().manual_seed(4), {}, part,
                                      torch.device("cpu")) for part in (slice(0, 3), slice(3, 6))]
     torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers.models.resnet import ResnetBlock2D as RefResnetBlock2D
 
-from course_lib.models.resnet import ResnetBlock2D, check_group_norm
 from course_lib.core.utils import seed_everything
+from course_lib.models.resnet import ResnetBlock2D, check_group_norm
 
 ATOL = RTOL = 1e-6
 

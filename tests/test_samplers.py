@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import require
 
 from course_lib.diffusion.samplers import (
     SAMPLERS,
@@ -22,7 +23,7 @@ from course_lib.diffusion.samplers import (
 )
 from course_lib.diffusion.schedules import linear_schedule, make_schedule, scaled_linear_schedule
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = require("diffusers")
 # diffusers' DPM-Solver schedulers trip a NumPy 2 deprecation inside set_timesteps; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from conftest import require
 
 from course_lib.diffusion.forward import (
     diffusion_loss,
@@ -31,7 +32,7 @@ from course_lib.diffusion.schedules import (
     scaled_linear_schedule,
 )
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = require("diffusers")
 
 DIFFUSERS_CASES = [
     ("linear", {}, linear_schedule),

@@ -11,11 +11,12 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from course_lib.core.checkpoints import CheckpointError
-from course_lib.pipeline.config import ConfigError, build_from_config, load_config
-from course_lib.models.mmdit import MMDiT
-from course_lib.pipeline.text_to_image import GenerationSettings, load_shipped_pipeline
-from course_lib.evaluate.prompt_eval import evaluate_prompts
 from course_lib.diffusion.rectified_flow import FlowMatchSchedule
+from course_lib.evaluate.prompt_eval import evaluate_prompts
+from course_lib.models.mmdit import MMDiT
+from course_lib.pipeline.config import ConfigError, build_from_config, load_config
+from course_lib.pipeline.shipped import load_shipped_pipeline
+from course_lib.pipeline.text_to_image import GenerationSettings
 from course_lib.train.diffusion import load_diffusion_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

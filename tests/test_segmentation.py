@@ -1,20 +1,19 @@
-"""Notebook 03's segmentation U-Net, its no-skip twin, IoU and the train loop (course_lib.models.segmentation)."""
+"""Notebook 03's segmentation U-Net, its no-skip twin, IoU (course_lib.models.segmentation) and its training
+(course_lib.train.segmentation)."""
 
 import pytest
 import torch
 
+from course_lib.core.utils import seed_everything
 from course_lib.models.segmentation import (
-    CLASS_NAMES,
     SegmentationUNet,
     SegmentationUNetConfig,
     boundary_pixels,
     iou_per_class,
     mean_iou,
     predict,
-    shapeworld_segmentation_data,
-    train_segmenter,
 )
-from course_lib.core.utils import seed_everything
+from course_lib.train.segmentation import CLASS_NAMES, shapeworld_segmentation_data, train_segmenter
 
 
 def test_iou_by_hand():

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from course_lib.evaluate.adherence import score_adherence
-from course_lib.pipeline.text_to_image import load_shipped_pipeline
 from course_lib.evaluate.prompt_eval import evaluate_prompts
+from course_lib.pipeline.shipped import load_shipped_pipeline
 from course_lib.worlds.shapeworld import ShapeWorld
 
 GUIDANCE = 4.0

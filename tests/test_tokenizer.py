@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-import course_lib.models.tokenizer as tokmod
+import course_lib.models.bpe as tokmod
 from course_lib.models.tokenizer import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -266,8 +266,8 @@ def test_html_unescape_is_openai_clips_option(ours, folder):
 
 
 def test_words_outside_a_vocabulary_are_warned_by_name():
-    from course_lib.worlds.shapeworld import caption_words
     from course_lib.models.tokenizer import UnknownWordsWarning, warn_unknown_words, words_outside
+    from course_lib.worlds.shapeworld import caption_words
 
     words = caption_words()
     assert words_outside("A red circle above a BLUE square", words) == []

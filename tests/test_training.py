@@ -10,6 +10,7 @@ import torch
 
 from course_lib.diffusion.forward import diffusion_loss, q_sample, velocity
 from course_lib.diffusion.schedules import make_schedule
+from course_lib.models.unet import UNet, UNetConfig
 from course_lib.train.diffusion import (
     TrainingConfig,
     ema_decay_at,
@@ -20,7 +21,6 @@ from course_lib.train.diffusion import (
     train_diffusion_model,
     training_run_config,
 )
-from course_lib.models.unet import UNet, UNetConfig
 
 
 def tiny_unet(seed: int = 0) -> UNet:

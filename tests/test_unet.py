@@ -8,6 +8,7 @@ from diffusers.models.embeddings import TimestepEmbedding as RefTimestepEmbeddin
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.upsampling import Upsample2D as RefUpsample2D
 
+from course_lib.core.utils import seed_everything
 from course_lib.models.unet import (
     Downsample2D,
     TimestepEmbedding,
@@ -16,7 +17,6 @@ from course_lib.models.unet import (
     Upsample2D,
     timestep_embedding,
 )
-from course_lib.core.utils import seed_everything
 
 BLOCK_TOL = 1e-6
 MODEL_TOL = 1e-4

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import require
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = require("diffusers")
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution  # noqa: E402
 
 from course_lib.models.vae import (  # noqa: E402

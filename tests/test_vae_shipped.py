@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from course_lib.evaluate.adherence import score_adherence
-from course_lib.worlds.shapeworld import ShapeWorld
 from course_lib.models.vae import AutoencoderKL
 from course_lib.train.autoencoder import (
     SHIPPED_VAE_CONFIG,
@@ -25,6 +24,7 @@ from course_lib.train.autoencoder import (
     shipped_autoencoder_metrics,
     train_autoencoder,
 )
+from course_lib.worlds.shapeworld import ShapeWorld
 
 MIN_PSNR = 30.0          # dB on fresh images; the training script measured PSNR_MEASURED (see the checkpoint)
 MAX_ADHERENCE_DROP = 0.05  # overall adherence of reconstructions vs originals

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import require
 
-pytest.importorskip("ipywidgets")
+require("ipywidgets")
 
-from course_lib.pipeline.text_to_image import img2img_steps, load_shipped_pipeline  # noqa: E402
-from course_lib.worlds.shapeworld import ShapeWorld  # noqa: E402
+from course_lib.pipeline.shipped import load_shipped_pipeline  # noqa: E402
+from course_lib.pipeline.text_to_image import img2img_steps  # noqa: E402
 from course_lib.pipeline.widgets import MASK_PRESETS, make_generator, mask_preset  # noqa: E402
+from course_lib.worlds.shapeworld import ShapeWorld  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,17 @@ from course_lib.core.paths import data_dir
 MANIFEST = "manifest.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupted, or does not fit the model it is loaded into."""
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint is missing, corrupted, or does not fit the model it is loaded into.
+
+    The one error of checkpoints: the course's own (``load_checkpoint``, ``load_weights``) and the
+    public folders ``course_lib.pipeline.convert`` reads (naming the part that does not fit). A
+    ``RuntimeError`` and, as convert's errors always were, a ``ValueError``.
+    """
 
 
 def sha256_of(path: str | Path) -> str:
-    """Hex sha256 of a file. Defined in notebook 00_welcome."""
+    """Hex sha256 of a file. Supports notebook 00_welcome."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -86,7 +91,7 @@ def record_checkpoint(weights: str | Path, name: str, *, config: dict[str, Any],
 def load_weights(name: str, folder: str | Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The verified state dict and metadata (config, command, metrics) of a stored checkpoint.
 
-    Defined in notebook 00_welcome.
+    Supports notebook 00_welcome.
     """
     folder = Path(folder or data_dir())
     manifest = read_manifest(folder)
@@ -163,7 +168,7 @@ def _checksum_message(folder: Path, name: str, weights: Path, digest: str, entry
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str = "checkpoint"
                             ) -> torch.nn.Module:
     """Load ``state`` into ``model`` after checking that every key and shape fits; the error lists
-    missing and unexpected keys and shape mismatches. Defined in notebook 00_welcome."""
+    missing and unexpected keys and shape mismatches. Supports notebook 00_welcome."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

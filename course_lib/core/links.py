@@ -1,4 +1,4 @@
-"""Where the course lives online: the one place that names the repository. Defined in notebook 00_welcome.
+"""Where the course lives online: the one place that names the repository. Not built in a notebook.
 
 Change ORG, REPO or BRANCH here and run ``python course.py badges`` to update every notebook.
 """

@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]   # course_lib/core/paths.py -> 
 def data_dir() -> Path:
     """The course's ``data/`` folder (override with the ``COURSE_DATA_DIR`` environment variable).
 
-    Defined in notebook 00_welcome.
+    Supports notebook 00_welcome.
     """
     folder = Path(os.environ.get(DATA_ENV_VAR, REPO_ROOT / "data"))
     if not folder.is_dir():

@@ -15,7 +15,7 @@ def image_grid(images: torch.Tensor | np.ndarray, nrow: int = 8, value_range: tu
     """A grid of images as an (H, W, C) float array in [0, 1], made with torchvision's ``make_grid``.
 
     Accepts float (N, C, H, W) tensors in ``value_range`` (default [-1, 1]) or uint8 (N, H, W, C)
-    arrays. Defined in notebook 00_welcome.
+    arrays. Supports notebook 00_welcome.
     """
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
@@ -79,7 +79,7 @@ def plot_curves(curves: dict[str, Sequence[float]], xlabel: str = "step", ylabel
                 smooth: int = 1) -> plt.Axes:
     """Line plot of named curves, e.g. training losses; ``smooth`` is a moving-average window.
 
-    Defined in notebook 00_welcome.
+    Supports notebook 00_welcome.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))

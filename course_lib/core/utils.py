@@ -59,7 +59,7 @@ def progress(iterable: Iterable[T], desc: str | None = None, total: int | None =
     """A ``tqdm.auto`` progress bar: a widget in Jupyter, text in a terminal.
 
     Set the environment variable ``COURSE_NO_PROGRESS=1`` to silence every bar (CI does).
-    Defined in notebook 00_welcome.
+    Supports notebook 00_welcome.
     """
     if disable is None:
         disable = os.environ.get("COURSE_NO_PROGRESS", "") not in ("", "0")
@@ -67,5 +67,5 @@ def progress(iterable: Iterable[T], desc: str | None = None, total: int | None =
 
 
 def count_parameters(model: torch.nn.Module) -> int:
-    """Number of trainable parameters of ``model``. Defined in notebook 00_welcome."""
+    """Number of trainable parameters of ``model``. Supports notebook 00_welcome."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

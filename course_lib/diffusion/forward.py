@@ -109,7 +109,7 @@ def velocity(x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor, sched
              ) -> torch.Tensor:
     """The v-prediction target ``v = alpha_t * noise - sigma_t * x0`` (Salimans & Ho 2022).
 
-    Defined in notebook 06_reverse_diffusion.
+    Supports notebook 06_reverse_diffusion.
     """
     alpha, sigma = _coefficients(schedule, t, x0)
     return alpha * noise - sigma * x0
@@ -120,7 +120,7 @@ def predict_x0(x_t: torch.Tensor, t: int | torch.Tensor, model_out: torch.Tensor
     """The clean sample implied by a model output at ``(x_t, t)``.
 
     epsilon: ``(x_t - sigma eps) / alpha``; v_prediction: ``alpha x_t - sigma v``; sample: itself.
-    Defined in notebook 06_reverse_diffusion.
+    Supports notebook 06_reverse_diffusion.
     """
     check_prediction_type(prediction_type)
     alpha, sigma = _coefficients(schedule, t, x_t)
@@ -136,7 +136,7 @@ def predict_eps(x_t: torch.Tensor, t: int | torch.Tensor, model_out: torch.Tenso
     """The noise implied by a model output at ``(x_t, t)``.
 
     epsilon: itself; v_prediction: ``alpha v + sigma x_t``; sample: ``(x_t - alpha x0) / sigma``.
-    Defined in notebook 06_reverse_diffusion.
+    Supports notebook 06_reverse_diffusion.
     """
     check_prediction_type(prediction_type)
     alpha, sigma = _coefficients(schedule, t, x_t)
@@ -166,7 +166,7 @@ def training_target(x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor
                     prediction_type: str = "epsilon") -> torch.Tensor:
     """What a network of the given prediction type should output for ``x_t = q_sample(x0, t, noise)``.
 
-    Defined in notebook 06_reverse_diffusion.
+    Supports notebook 06_reverse_diffusion.
     """
     check_prediction_type(prediction_type)
     if prediction_type == "epsilon":
@@ -183,7 +183,7 @@ def diffusion_loss(model_fn: Callable[..., torch.Tensor], x0: torch.Tensor, sche
 
     For each batch element a timestep ``t`` is drawn uniformly from 0..T-1 and then noise
     ``eps ~ N(0, I)`` (in that order, from ``generator`` if given); ``x_t = q_sample(x0, t, eps)``.
-    Returns the scalar mean squared error. Defined in notebook 06_reverse_diffusion.
+    Returns the scalar mean squared error. Supports notebook 06_reverse_diffusion.
     """
     _check_schedule(schedule)
     check_prediction_type(prediction_type)

@@ -38,7 +38,7 @@ __all__ = [
 class StylePreset:
     """A prompt template (``{prompt}`` marks where the user's prompt goes) and a negative prompt.
 
-    Defined in notebook 09_text_conditioning.
+    Supports notebook 09_text_conditioning.
     """
 
     name: str
@@ -69,7 +69,7 @@ STYLES: dict[str, StylePreset] = {s.name: s for s in (
 
 
 def available_styles() -> list[str]:
-    """Names of the style presets. Defined in notebook 09_text_conditioning."""
+    """Names of the style presets. Supports notebook 09_text_conditioning."""
     return list(STYLES)
 
 

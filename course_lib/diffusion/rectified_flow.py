@@ -40,7 +40,7 @@ FLOW_PREDICTION = "flow"
 def check_shift(shift: object) -> float:
     """``shift`` as a float, or a ``ValueError`` unless it is a finite number > 0.
 
-    Defined in notebook 12_stable_diffusion_3."""
+    Supports notebook 12_stable_diffusion_3."""
     if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not math.isfinite(shift) or shift <= 0:
         raise ValueError(f"shift must be a number > 0 (1 leaves the sigmas alone, larger spends more steps near "
                          f"the noise; SD 3 uses 3.0), got {shift!r}")

@@ -119,7 +119,7 @@ class NoiseSchedule:
 def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
     """DDPM's schedule: betas evenly spaced from ``beta_start`` to ``beta_end`` (Ho et al. 2020).
 
-    diffusers calls it ``"linear"``. Defined in notebook 05_forward_diffusion.
+    diffusers calls it ``"linear"``. Supports notebook 05_forward_diffusion.
     """
     _check_T(T)
     _check_betas_range(beta_start, beta_end)
@@ -132,7 +132,7 @@ def scaled_linear_schedule(T: int = 1000, beta_start: float = 0.00085, beta_end:
     """Stable Diffusion's schedule: ``linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2``.
 
     SD's configs call it ``linear`` (``linear_start``/``linear_end``); diffusers calls it
-    ``"scaled_linear"``. Defined in notebook 05_forward_diffusion.
+    ``"scaled_linear"``. Supports notebook 05_forward_diffusion.
     """
     _check_T(T)
     _check_betas_range(beta_start, beta_end)
@@ -144,7 +144,7 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
     """Nichol & Dhariwal's cosine schedule: ``alphas_cumprod(t) ~ cos((t/T + s)/(1 + s) * pi/2)^2``.
 
     Betas come from ratios of consecutive ``alphas_cumprod`` and are clipped at ``max_beta``, as
-    in diffusers' ``"squaredcos_cap_v2"``. Defined in notebook 05_forward_diffusion.
+    in diffusers' ``"squaredcos_cap_v2"``. Supports notebook 05_forward_diffusion.
     """
     _check_T(T)
     if not (s >= 0 and 0 < max_beta <= 1):
@@ -168,7 +168,7 @@ _ALIASES = {"squaredcos_cap_v2": "cosine"}
 
 
 def available_schedules() -> list[str]:
-    """Names that ``make_schedule`` knows. Defined in notebook 05_forward_diffusion."""
+    """Names that ``make_schedule`` knows. Supports notebook 05_forward_diffusion."""
     return sorted(_SCHEDULES) + sorted(_ALIASES)
 
 
@@ -193,7 +193,7 @@ def check_schedule(model_schedule: NoiseSchedule | int, schedule: NoiseSchedule)
     """Raise a clear ``ValueError`` if ``schedule`` is not the one the model was trained with.
 
     ``model_schedule`` is the model's training schedule, or just its number of training
-    timesteps. Defined in notebook 06_reverse_diffusion.
+    timesteps. Supports notebook 06_reverse_diffusion.
     """
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}; "

@@ -32,7 +32,7 @@ from scipy import ndimage
 from course_lib.worlds.shapeworld import COLOR_NAMES, LOCATIONS, SHAPES, SIZES, CaptionSpec, parse_caption
 
 CATEGORIES = ("single_object", "two_objects", "counting", "colors", "position", "color_binding")
-# Area of a shape of radius r is AREA_FACTOR[shape] * r^2 (see shapeworld._shape_masks).
+# Area of a shape of radius r is AREA_FACTOR[shape] * r^2 (see shapeworld_render._shape_masks).
 AREA_FACTOR = {"circle": np.pi, "square": 1.7**2, "triangle": 1.8, "cross": 4 / 1.4 - 1 / 1.96}
 
 
@@ -53,7 +53,7 @@ def detect_objects(images: torch.Tensor, net: torch.nn.Module | None = None, min
                    batch_size: int = 500) -> list[list[SeenObject]]:
     """The objects in each image (N, 3, H, W) in [-1, 1], as the attribute network sees them.
 
-    Defined in notebook 00_welcome.
+    Supports notebook 00_welcome.
     """
     if net is None:
         from course_lib.evaluate.classifiers import load_attribute_net
@@ -87,7 +87,7 @@ def detect_objects(images: torch.Tensor, net: torch.nn.Module | None = None, min
 
 def relation_holds(a: SeenObject, b: SeenObject, relation: str) -> bool:
     """Whether object ``a`` is ``relation`` object ``b``: the offset along the relation's axis has the
-    right sign and is larger than the offset across it. Defined in notebook 00_welcome."""
+    right sign and is larger than the offset across it. Supports notebook 00_welcome."""
     dx, dy = b.cx - a.cx, b.cy - a.cy
     return {"above": dy > abs(dx), "below": -dy > abs(dx),
             "to the left of": dx > abs(dy), "to the right of": -dx > abs(dy)}[relation]
@@ -104,7 +104,7 @@ def location_of(obj: SeenObject, image_size: int) -> str:
 def check_caption(spec: CaptionSpec, objects: list[SeenObject], image_size: int = 32) -> dict[str, bool]:
     """The categories that apply to a caption, each True when the image obeys it, plus ``exact``.
 
-    Defined in notebook 00_welcome.
+    Supports notebook 00_welcome.
     """
     if spec.kind == "single":
         (color, shape), = spec.objects
@@ -132,7 +132,7 @@ def check_caption(spec: CaptionSpec, objects: list[SeenObject], image_size: int 
 class AdherenceReport:
     """Share of images that obey their captions, per category, overall and exact.
 
-    Defined in notebook 00_welcome.
+    Supports notebook 00_welcome.
     """
 
     per_category: dict[str, float]
@@ -149,7 +149,7 @@ class AdherenceReport:
 
 
 def summarize(results: list[dict[str, bool]]) -> AdherenceReport:
-    """Aggregate per-image checks into an :class:`AdherenceReport`. Defined in notebook 00_welcome."""
+    """Aggregate per-image checks into an :class:`AdherenceReport`. Supports notebook 00_welcome."""
     per_category, counts = {}, {}
     for cat in CATEGORIES:
         vals = [r[cat] for r in results if cat in r]

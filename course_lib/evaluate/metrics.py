@@ -31,7 +31,7 @@ def _as_array(features: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray) -> float:
-    """||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)) of Gaussian fits. Defined in notebook 00_welcome."""
+    """||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)) of Gaussian fits. Supports notebook 00_welcome."""
     a, b = _as_array(real), _as_array(fake)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
@@ -53,7 +53,7 @@ def kernel_distance(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.nda
     """KID: mean and standard deviation over random subsets of the unbiased MMD^2 with kernel
     k(x, y) = (x.y / d + 1)^3. Both sets are divided by the real set's root-mean-square feature
     value, so that the kernel sees values of order one whatever the feature extractor's scale.
-    Defined in notebook 00_welcome."""
+    Supports notebook 00_welcome."""
     a, b = _as_array(real), _as_array(fake)
     rms = np.sqrt((a**2).mean()) or 1.0
     a, b = a / rms, b / rms
@@ -74,7 +74,7 @@ def kernel_distance(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.nda
 
 def precision_recall(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, k: int = 3
                      ) -> tuple[float, float]:
-    """Improved precision and recall with k-nearest-neighbour manifolds. Defined in notebook 00_welcome."""
+    """Improved precision and recall with k-nearest-neighbour manifolds. Supports notebook 00_welcome."""
     a = torch.from_numpy(_as_array(real))
     b = torch.from_numpy(_as_array(fake))
     if min(len(a), len(b)) <= k:
@@ -95,7 +95,7 @@ def precision_recall(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.nd
 class SetComparison:
     """Distances of a generated set from real data, each beside its real-versus-real floor.
 
-    Defined in notebook 00_welcome.
+    Supports notebook 00_welcome.
     """
 
     frechet: float

@@ -25,7 +25,7 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
 
     ``q (B, N, heads*d)``, ``k, v (B, L, heads*d)`` -> ``(B, N, heads*d)``. ``key_mask (B, L)``
     (True/1: attend) leaves the masked keys out of the softmax: they get exactly zero weight.
-    Defined in notebook 03_unet (the mask in notebook 09_text_conditioning).
+    Supports notebook 03_unet (the mask in notebook 09_text_conditioning).
     """
     b, n, inner = q.shape
     d = inner // heads
@@ -40,7 +40,7 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
 def check_context_mask(context_mask: torch.Tensor | None, context: torch.Tensor | None) -> None:
     """A ``ValueError`` unless ``context_mask`` is None or a ``(B, L)`` mask of ``context (B, L, D)``
     with at least one token kept per row (a row of only masked tokens has no softmax).
-    Defined in notebook 09_text_conditioning.
+    Supports notebook 09_text_conditioning.
     """
     if context_mask is None:
         return
@@ -136,7 +136,7 @@ class GEGLU(nn.Module):
     """Gated GELU: one linear layer makes a value and a gate, output = value * gelu(gate).
 
     ``(..., dim_in)`` -> ``(..., dim_out)``, exact (erf) GELU as in SD. Name ``proj`` as in
-    diffusers. Defined in notebook 09_text_conditioning.
+    diffusers. Supports notebook 09_text_conditioning.
     """
 
     def __init__(self, dim_in: int, dim_out: int):
@@ -152,7 +152,7 @@ class FeedForward(nn.Module):
     """The transformer's position-wise MLP: GEGLU to ``mult * dim``, dropout, linear back to ``dim``.
 
     Names ``net.0.proj`` and ``net.2`` as in diffusers' ``FeedForward``.
-    Defined in notebook 09_text_conditioning.
+    Supports notebook 09_text_conditioning.
     """
 
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):

@@ -6,22 +6,19 @@ pre-activation recipe in miniature: normalisation, SiLU, then a linear map. The 
 between the two networks is the ``+ h``; they have exactly the same parameters.
 
     model = DeepMLP(DeepMLPConfig(depth=30, residual=False))
-    history = train_classifier(model, images, labels, steps=400)
+    history = train_classifier(model, images, labels, steps=400)   # course_lib.train.depth
     history.grad_norms          # (steps, depth): gradient norm of every layer at every step
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.core.utils import progress
-
-__all__ = ["DeepMLPConfig", "DeepMLP", "TrainHistory", "layer_gradient_norms", "gradient_norms_at_init",
-           "train_classifier", "accuracy", "mean_loss"]
+__all__ = ["DeepMLPConfig", "DeepMLP", "layer_gradient_norms", "gradient_norms_at_init", "accuracy", "mean_loss"]
 
 
 @dataclass
@@ -54,7 +51,7 @@ class DeepMLPConfig:
 class DeepMLPLayer(nn.Module):
     """One layer ``f(h) = linear(silu(norm(h)))``: ``(B, width) -> (B, width)``.
 
-    Defined in notebook 02_resnet_blocks.
+    Supports notebook 02_resnet_blocks.
     """
 
     def __init__(self, width: int, norm_groups: int | None):
@@ -104,7 +101,7 @@ class DeepMLP(nn.Module):
 def layer_gradient_norms(model: DeepMLP) -> torch.Tensor:
     """The Frobenius norm of each layer's weight gradient, ``(depth,)``, after a ``backward()``.
 
-    Defined in notebook 02_resnet_blocks.
+    Supports notebook 02_resnet_blocks.
     """
     grads = [w.grad for w in model.layer_weights()]
     if any(g is None for g in grads):
@@ -115,55 +112,13 @@ def layer_gradient_norms(model: DeepMLP) -> torch.Tensor:
 def gradient_norms_at_init(model: DeepMLP, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-layer gradient norms ``(depth,)`` of the cross-entropy on one batch, without changing the model.
 
-    Defined in notebook 02_resnet_blocks.
+    Supports notebook 02_resnet_blocks.
     """
     model.zero_grad()
     F.cross_entropy(model(images), labels).backward()
     norms = layer_gradient_norms(model)
     model.zero_grad()
     return norms
-
-
-@dataclass
-class TrainHistory:
-    """What :func:`train_classifier` records: the loss and every layer's gradient norm at each step.
-
-    Defined in notebook 02_resnet_blocks.
-    """
-
-    losses: list[float] = field(default_factory=list)
-    grad_norms: torch.Tensor = field(default_factory=lambda: torch.empty(0))   # (steps, depth)
-    config: dict = field(default_factory=dict)
-
-
-def train_classifier(model: DeepMLP, images: torch.Tensor, labels: torch.Tensor, steps: int = 400,
-                     batch_size: int = 64, lr: float = 0.05, momentum: float = 0.9, seed: int = 0,
-                     desc: str | None = None) -> TrainHistory:
-    """Train ``model`` with SGD + momentum on random batches; record loss and per-layer gradient norms.
-
-    The batches depend only on ``seed``, so two models trained with the same seed see the same
-    examples in the same order. Defined in notebook 02_resnet_blocks.
-    """
-    if len(images) != len(labels):
-        raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    losses, norms = [], []
-    model.train()
-    for _ in progress(range(steps), desc=desc):
-        idx = torch.randint(len(images), (batch_size,), generator=g)
-        loss = F.cross_entropy(model(images[idx]), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        norms.append(layer_gradient_norms(model))
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    cfg = {"steps": steps, "batch_size": batch_size, "lr": lr, "momentum": momentum, "seed": seed,
-           **asdict(model.config)}
-    return TrainHistory(losses, torch.stack(norms), cfg)
 
 
 @torch.no_grad()

@@ -12,6 +12,9 @@ Instead of a U-Net, SD3 cuts the latent into patches and runs a plain transforme
 
 Parameter names equal diffusers' ``SD3Transformer2DModel`` (SD 3.0: no qk-norm, no dual attention), so its
 state dict loads with ``strict=True``. It is called like the course's ``UNet``: ``model(x, t, context, mask)``.
+
+The patches and positions are in ``patch_embed``, the time-and-text embedding in ``embeddings``; their
+public names (``patchify``, ``PatchEmbed``, ``TimeTextEmbedding``, ...) are importable from here too.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.models.attention import check_context_mask, multi_head_attention
-from course_lib.models.unet import TimestepEmbedding, timestep_embedding
+from course_lib.models.embeddings import TimeTextEmbedding
+from course_lib.models.patch_embed import PatchEmbed, patchify, sincos_pos_embed_2d, unpatchify
 
 __all__ = ["MMDiTConfig", "patchify", "unpatchify", "sincos_pos_embed_2d", "PatchEmbed", "AdaLayerNormZero",
            "AdaLayerNormContinuous", "JointAttention", "GELUFeedForward", "JointTransformerBlock",
@@ -85,98 +89,11 @@ class MMDiTConfig:
                              f"{grid}x{grid}; use at least {grid}, or None")
 
 
-def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Cut images into non-overlapping patches: ``(B, C, H, W) -> (B, (H/p)*(W/p), p*p*C)``, row by row.
-
-    A token's features are ordered (row in patch, column in patch, channel). ``PatchEmbed.proj``, a strided
-    convolution, equals this followed by a linear layer. Defined in notebook 12_stable_diffusion_3.
-    """
-    b, c, height, width = x.shape
-    p = patch_size
-    if height % p or width % p:
-        raise ValueError(f"image size {height}x{width} is not divisible by patch_size={p}; pad or crop it")
-    x = x.reshape(b, c, height // p, p, width // p, p)            # (B, C, h, p, w, p)
-    x = x.permute(0, 2, 4, 3, 5, 1)                                # -> (B, h, w, p, p, C)
-    return x.reshape(b, (height // p) * (width // p), p * p * c)  # -> (B, h*w, p*p*C)
-
-
-def unpatchify(tokens: torch.Tensor, patch_size: int, channels: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of ``patchify``: ``(B, (H/p)*(W/p), p*p*C) -> (B, C, H, W)``; diffusers' ``"nhwpqc->nchpwq"``.
-
-    Defined in notebook 12_stable_diffusion_3.
-    """
-    b, p = tokens.shape[0], patch_size
-    x = tokens.reshape(b, height // p, width // p, p, p, channels)  # (B, h*w, p*p*C) -> (B, h, w, p, p, C)
-    x = x.permute(0, 5, 1, 3, 2, 4)                                 # -> (B, C, h, p, w, p)
-    return x.reshape(b, channels, height, width)
-
-
-def sincos_pos_embed_2d(embed_dim: int, grid_size: int, base_size: int | None = None,
-                        interpolation_scale: float = 1.0) -> torch.Tensor:
-    """Fixed sin/cos embedding of the positions of a ``grid_size x grid_size`` patch grid: ``(grid_size**2, D)``.
-
-    Row-major like the tokens. The first D/2 features encode the patch's column (x), the last D/2 its row (y),
-    each as ``[sin(pos * w), cos(pos * w)]`` with D/4 frequencies ``w = 10000**(-k/(D/4))``; positions are
-    ``index * base_size / grid_size / interpolation_scale``. Equal to diffusers' ``get_2d_sincos_pos_embed``
-    (in float32). Part of notebook 12_stable_diffusion_3's MMDiT (described there, not built separately).
-    """
-    if embed_dim % 4 != 0:
-        raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 (sin and cos for each of two axes)")
-    base_size = grid_size if base_size is None else base_size
-    pos = torch.arange(grid_size, dtype=torch.float32) / (grid_size / base_size) / interpolation_scale
-    rows, cols = torch.meshgrid(pos, pos, indexing="ij")                              # (g, g) each
-    coords = torch.stack([cols.flatten(), rows.flatten()], dim=1).double()            # (g*g, 2): x, y
-    quarter = embed_dim // 4
-    freqs = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)   # (D/4,)
-    angles = coords[:, :, None] * freqs                                               # (g*g, 2, D/4)
-    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=2)                    # (g*g, 2, D/2)
-    return emb.reshape(grid_size * grid_size, embed_dim).float()                      # (g*g, D): [x | y]
-
-
-class PatchEmbed(nn.Module):
-    """Latent to image tokens: strided conv ``proj`` plus sin/cos positions. ``(B, C, H, W) -> (B, h*w, D)``.
-
-    With ``pos_embed_max_size`` the buffer ``pos_embed`` is a ``max x max`` table (in the state dict) and each
-    input adds its centre ``h x w`` crop; without it, a table for the ``sample_size`` grid (not in the state
-    dict). Same as diffusers' ``PatchEmbed``. Defined in notebook 12_stable_diffusion_3.
-    """
-
-    def __init__(self, sample_size: int, patch_size: int, in_channels: int, embed_dim: int,
-                 pos_embed_max_size: int | None = None):
-        super().__init__()
-        self.patch_size, self.in_channels, self.pos_embed_max_size = patch_size, in_channels, pos_embed_max_size
-        self.grid = sample_size // patch_size
-        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
-        table = sincos_pos_embed_2d(embed_dim, pos_embed_max_size or self.grid, base_size=self.grid)
-        self.register_buffer("pos_embed", table[None], persistent=pos_embed_max_size is not None)  # (1, S*S, D)
-
-    def cropped_pos_embed(self, h: int, w: int) -> torch.Tensor:
-        """The position embeddings of an ``h x w`` patch grid: ``(1, h*w, D)``."""
-        size = self.pos_embed_max_size or self.grid
-        if self.pos_embed_max_size is None and (h, w) != (size, size):
-            raise ValueError(f"this model has positions for a {size}x{size} patch grid only, got {h}x{w}; pass "
-                             f"latents of size {size * self.patch_size}, or build it with pos_embed_max_size")
-        if h > size or w > size:
-            raise ValueError(f"a {h}x{w} patch grid is larger than pos_embed_max_size={size}; pass latents of at "
-                             f"most {size * self.patch_size}x{size * self.patch_size}")
-        top, left = (size - h) // 2, (size - w) // 2
-        table = self.pos_embed.reshape(size, size, -1)[top:top + h, left:left + w]  # (S*S, D) -> (h, w, D)
-        return table.reshape(1, h * w, -1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.patch_size
-        if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[2] % p or x.shape[3] % p:
-            raise ValueError(f"expected latents (B, {self.in_channels}, H, W) with H and W divisible by "
-                             f"patch_size={p}, got {tuple(x.shape)}")
-        tokens = self.proj(x).flatten(2).transpose(1, 2)   # (B, C, H, W) -> (B, D, h, w) -> (B, h*w, D)
-        return tokens + self.cropped_pos_embed(x.shape[2] // p, x.shape[3] // p).to(tokens.dtype)
-
-
 class AdaLayerNormZero(nn.Module):
     """adaLN-Zero: ``linear(silu(temb))`` gives shift, scale, gate for the attention and for the MLP.
 
     Returns ``(norm(x) * (1 + scale_msa) + shift_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp)``, LayerNorm
-    without affine, eps 1e-6, as diffusers' module. Defined in notebook 12_stable_diffusion_3.
+    without affine, eps 1e-6, as diffusers' module. Supports notebook 12_stable_diffusion_3.
     """
 
     def __init__(self, dim: int):
@@ -245,7 +162,7 @@ class JointAttention(nn.Module):
 
 class GELUFeedForward(nn.Module):
     """Each stream's MLP: linear to 4D, tanh-GELU, linear back; names ``net.0.proj``, ``net.2`` as diffusers'
-    ``FeedForward(activation_fn="gelu-approximate")``. Defined in notebook 12_stable_diffusion_3.
+    ``FeedForward(activation_fn="gelu-approximate")``. Supports notebook 12_stable_diffusion_3.
     """
 
     def __init__(self, dim: int, mult: int = 4):
@@ -264,7 +181,7 @@ class JointTransformerBlock(nn.Module):
 
     ``x (B, N, D)``, ``context (B, L, D)``, ``temb (B, D)`` -> ``(x, context)`` (diffusers returns the other
     order). With ``context_pre_only`` (the last block) the context comes back as None and ``norm2_context``,
-    ``ff_context`` are absent. Defined in notebook 12_stable_diffusion_3.
+    ``ff_context`` are absent. Supports notebook 12_stable_diffusion_3.
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_pre_only: bool = False):
@@ -295,24 +212,6 @@ class JointTransformerBlock(nn.Module):
         return x, context + c_gate_mlp[:, None] * self.ff_context(c)
 
 
-class TimeTextEmbedding(nn.Module):
-    """``temb = timestep_embedder(sincos(t, 256)) + text_embedder(pooled)``: ``(B,), (B, P) -> (B, D)``.
-
-    Both are linear, SiLU, linear (diffusers' text one, ``PixArtAlphaTextProjection``, has the same parameters).
-    Equal to diffusers' ``CombinedTimestepTextProjEmbeddings``. Part of notebook 12_stable_diffusion_3's MMDiT
-    (described there, not built separately).
-    """
-
-    def __init__(self, dim: int, pooled_dim: int):
-        super().__init__()
-        self.timestep_embedder = TimestepEmbedding(256, dim)
-        self.text_embedder = TimestepEmbedding(pooled_dim, dim)
-
-    def forward(self, t: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        t_freq = timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0)  # (B,) -> (B, 256)
-        return self.timestep_embedder(t_freq.to(pooled.dtype)) + self.text_embedder(pooled)
-
-
 def pooled_from_context(context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
     """Each row's state at its last unmasked position (the end token: the course's CLIP pooled output).
 
@@ -332,6 +231,10 @@ class MMDiT(nn.Module):
     None; ``pooled (B, pooled_projection_dim)``, or None for each row's last unmasked context state.
     State-dict keys equal diffusers' ``SD3Transformer2DModel``. Defined in notebook 12_stable_diffusion_3.
     """
+
+    # Under torchrun, DDP must allow parameters without a gradient: the last block keeps text-query weights
+    # (add_q_proj) that it never uses, so that SD 3's weights load with strict=True.
+    ddp_find_unused_parameters = True
 
     def __init__(self, config: MMDiTConfig):
         super().__init__()

@@ -24,7 +24,7 @@ def check_group_norm(num_channels: int, num_groups: int, what: str = "channels")
 
     GroupNorm splits the channels into ``num_groups`` equal groups, so the count must divide.
     ``what`` names the channel count in the message (for example ``"block_out_channels[1]"``).
-    Defined in notebook 02_resnet_blocks.
+    Supports notebook 02_resnet_blocks.
     """
     if num_groups < 1:
         raise ValueError(f"GroupNorm needs at least one group, got num_groups={num_groups}")

@@ -2,7 +2,9 @@
 
 Ronneberger et al. (2015) built the U-Net to label every pixel of a microscope image. This module
 holds a small U-Net of that design for ShapeWorld (each pixel: background or one of 4 shapes), the
-same encoder-decoder with the skip connections removed, intersection-over-union, and a train loop.
+same encoder-decoder with the skip connections removed, and intersection-over-union. The data
+(``shapeworld_segmentation_data``, ``CLASS_NAMES``) and the training (``train_segmenter``) are in
+``course_lib.train.segmentation``.
 
     net = SegmentationUNet(SegmentationUNetConfig(skip=True))
     images, masks = shapeworld_segmentation_data(2000, seed=0)
@@ -23,23 +25,17 @@ both networks are *fully convolutional* and run on any image whose sides divide 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.train.distributed import DistributedContext, autocast, check_batch_divisible, resolve_precision
-from course_lib.worlds.shapeworld import SHAPES, ShapeWorld
-from course_lib.train.state import Checkpointing, describe_model
-from course_lib.core.utils import progress
+__all__ = ["NUM_CLASSES", "SegmentationUNetConfig", "DoubleConv", "SegmentationUNet", "iou_per_class", "mean_iou",
+           "boundary_pixels", "predict"]
 
-__all__ = ["CLASS_NAMES", "SegmentationUNetConfig", "DoubleConv", "SegmentationUNet",
-           "shapeworld_segmentation_data", "iou_per_class", "mean_iou", "boundary_pixels", "predict",
-           "SegmentationHistory", "train_segmenter"]
-
-CLASS_NAMES: tuple[str, ...] = ("background", *SHAPES)
+#: Background and ShapeWorld's four shapes (their names: ``course_lib.train.segmentation.CLASS_NAMES``).
+NUM_CLASSES = 5
 
 
 @dataclass
@@ -51,7 +47,7 @@ class SegmentationUNetConfig:
     """
 
     in_channels: int = 3
-    num_classes: int = len(CLASS_NAMES)
+    num_classes: int = NUM_CLASSES
     base_channels: int = 8
     levels: int = 4
     skip: bool = True
@@ -144,25 +140,13 @@ class SegmentationUNet(nn.Module):
         return self.head(x)                                   # (B, C0, H, W) -> (B, num_classes, H, W)
 
 
-def shapeworld_segmentation_data(n: int, seed: int = 0, split: str = "all", image_size: int = 32
-                                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` ShapeWorld images ``(n, 3, S, S)`` in [-1, 1] and their shape masks ``(n, S, S)`` int64.
-
-    Mask values index :data:`CLASS_NAMES`: 0 background, 1 + k for ``SHAPES[k]``. Every colour-shape
-    pair is drawn (``split="all"``): segmentation is about shapes, not about held-out captions.
-    Defined in notebook 03_unet.
-    """
-    batch = ShapeWorld(image_size=image_size).sample(n, seed=seed, split=split)
-    return batch.tensors(), torch.from_numpy(batch.semantic_masks()[0].astype(np.int64))
-
-
 def _check_masks(pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.shape != target.shape:
         raise ValueError(f"predicted and true masks differ in shape: {tuple(pred.shape)} vs {tuple(target.shape)}; "
                          "pass class indices (e.g. logits.argmax(1)), not logits")
 
 
-def iou_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int = len(CLASS_NAMES)) -> torch.Tensor:
+def iou_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
     """Intersection over union of every class over the whole set: ``(num_classes,)``.
 
     For class c: |pred == c and target == c| / |pred == c or target == c|, counting pixels of all
@@ -177,7 +161,7 @@ def iou_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int = l
     return torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(union, float("nan")))
 
 
-def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int = len(CLASS_NAMES)) -> float:
+def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int = NUM_CLASSES) -> float:
     """Mean of :func:`iou_per_class` over the classes present. Defined in notebook 03_unet."""
     return iou_per_class(pred, target, num_classes).nanmean().item()
 
@@ -199,89 +183,3 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> to
     """The most likely class of every pixel: ``(N, C, H, W) -> (N, H, W)`` int64. Defined in notebook 03_unet."""
     model.eval()
     return torch.cat([model(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
-
-
-@dataclass
-class SegmentationHistory:
-    """Loss per step and, if asked for, mean IoU on held-back images every ``eval_every`` steps.
-
-    Defined in notebook 03_unet.
-    """
-
-    losses: list[float] = field(default_factory=list)
-    eval_steps: list[int] = field(default_factory=list)
-    eval_miou: list[float] = field(default_factory=list)
-    config: dict = field(default_factory=dict)
-
-
-def train_segmenter(model: SegmentationUNet, images: torch.Tensor, masks: torch.Tensor, steps: int = 200,
-                    batch_size: int = 32, lr: float = 3e-3, seed: int = 0, eval_every: int | None = None,
-                    eval_data: tuple[torch.Tensor, torch.Tensor] | None = None, desc: str | None = None, *,
-                    distributed: DistributedContext | None = None, precision: str = "fp32",
-                    checkpoint: Checkpointing | None = None) -> SegmentationHistory:
-    """Train with per-pixel cross-entropy, AdamW and a one-cycle learning rate.
-
-    Batches depend only on ``seed``, so two networks trained with the same seed see the same images
-    in the same order. With ``eval_every`` and ``eval_data`` it records the mean IoU on
-    ``eval_data`` during training. Leaves the model in eval mode. Defined in notebook 03_unet.
-
-    Beyond one CPU (README, "Training bigger"): the model trains on its own device; with
-    ``distributed`` (a torchrun process's context) every process draws the global batch of
-    ``batch_size`` and trains on its slice (BatchNorm statistics are per process), and only rank 0
-    measures the IoU; ``precision``: autocast (``"bf16"``...). ``checkpoint``: a
-    ``training_state.Checkpointing`` (save, resume and stop the run, history included).
-    """
-    if images.shape[0] != masks.shape[0] or images.shape[2:] != masks.shape[1:]:
-        raise ValueError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} do not match: "
-                         "expected (N, C, H, W) and (N, H, W)")
-    if (eval_every is None) != (eval_data is None):
-        raise ValueError("give both eval_every and eval_data, or neither")
-    ctx = distributed or DistributedContext()
-    world = ctx.world_size if ctx.is_distributed else 1
-    if world > 1:
-        check_batch_divisible(batch_size, world)
-    device = next(model.parameters()).device
-    precision = resolve_precision(precision, device)
-    net = ctx.wrap(model) if world > 1 else model
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    hist = SegmentationHistory(config={"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-                                       **asdict(model.config)})
-    ckpt = checkpoint or Checkpointing()
-    run_config = {"trainer": "train_segmenter", "model": describe_model(model),
-                  "settings": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "weight_decay": 1e-4,
-                               "eval_every": eval_every},
-                  "data": {"images": list(images.shape), "masks": list(masks.shape)}}
-    state = ckpt.begin(ctx, run_config, total=steps, modules={"model": model}, optimizers={"optimizer": opt},
-                       schedulers={"lr_schedule": sched}, generators={"batches": g})
-    if state is not None:
-        loop = state.meta["loop"]
-        hist.losses, hist.eval_steps = [float(v) for v in loop["losses"]], [int(v) for v in loop["eval_steps"]]
-        hist.eval_miou = [float(v) for v in loop["eval_miou"]]
-
-    def loop_state() -> tuple[dict, dict]:
-        return {}, {"losses": hist.losses, "eval_steps": hist.eval_steps, "eval_miou": hist.eval_miou}
-
-    start, end = ckpt.start_step, ckpt.end_step
-    model.train()
-    for step in progress(range(start + 1, end + 1), desc=desc, disable=None if ctx.is_main else True,
-                         **({"initial": start, "total": steps} if start or end != steps else {})):
-        idx = torch.randint(len(images), (batch_size,), generator=g)
-        if world > 1:
-            idx = idx[ctx.local_slice(batch_size)]  # this process's rows of the global batch
-        with autocast(device, precision):
-            loss = F.cross_entropy(net(images[idx].to(device)), masks[idx].to(device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        hist.losses.append(loss.item() if world == 1 else float(ctx.all_reduce_mean(loss.detach().double().cpu())))
-        if eval_every and (step % eval_every == 0 or step == steps) and ctx.is_main:
-            hist.eval_steps.append(step)
-            hist.eval_miou.append(mean_iou(predict(model, eval_data[0].to(device)).cpu(), eval_data[1]))
-            model.train()
-        ckpt.step_done(step, loop_state)
-    ckpt.finish(max(start, end), loop_state, average_buffers=[model])  # BatchNorm statistics (per process)
-    model.eval()
-    return hist

@@ -16,100 +16,25 @@ Every resnet gets the time embedding. With ``cross_attention_dim`` set, the atte
 chosen levels is a ``SpatialTransformer`` that reads the text context, and the state-dict keys are
 identical to diffusers' ``UNet2DConditionModel``; with ``cross_attention_dim=None`` it is a plain
 self-attention ``AttentionBlock`` and the keys are identical to diffusers' ``UNet2DModel``.
+
+The time embedding is in ``embeddings``, the down- and upsampling blocks in ``resample``, the residual
+block in ``resnet``, the attention blocks in ``attention``; ``timestep_embedding``, ``TimestepEmbedding``,
+``Downsample2D`` and ``Upsample2D`` are importable from here too.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from course_lib.models.attention import AttentionBlock, SpatialTransformer, check_context_mask
+from course_lib.models.embeddings import TimestepEmbedding, timestep_embedding
+from course_lib.models.resample import Downsample2D, Upsample2D
 from course_lib.models.resnet import ResnetBlock2D, check_group_norm
 
 __all__ = ["timestep_embedding", "TimestepEmbedding", "Downsample2D", "Upsample2D", "UNetConfig", "UNet"]
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True,
-                       downscale_freq_shift: float = 0, max_period: float = 10000) -> torch.Tensor:
-    """Sinusoidal embedding of the timesteps ``t (B,)`` -> ``(B, dim)`` float32.
-
-    Frequencies run geometrically from 1 down to about 1/max_period; the output is
-    ``[cos(t f), sin(t f)]`` (SD's order, ``flip_sin_to_cos=True``) or ``[sin, cos]``. Equal to
-    diffusers' ``get_timestep_embedding`` with the same arguments. Defined in notebook 03_unet.
-    """
-    if not torch.is_tensor(t) or t.ndim != 1:
-        raise ValueError(f"timestep_embedding expects a 1-D tensor of timesteps (B,), got "
-                         f"{tuple(t.shape) if torch.is_tensor(t) else type(t).__name__}; "
-                         "use torch.tensor([t]) for a single timestep")
-    half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
-    freqs = torch.exp(exponent / (half - downscale_freq_shift))                    # (half,)
-    angles = t[:, None].float() * freqs[None, :]                                   # (B, half)
-    if flip_sin_to_cos:
-        emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)            # (B, 2*half)
-    else:
-        emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-    if dim % 2 == 1:
-        emb = F.pad(emb, (0, 1))                                                   # odd dim: pad one zero
-    return emb
-
-
-class TimestepEmbedding(nn.Module):
-    """MLP from the sinusoidal embedding to the time vector each resnet receives: linear, SiLU, linear.
-
-    ``(B, in_dim)`` -> ``(B, time_embed_dim)``. Names linear_1, act, linear_2 as in diffusers.
-    Defined in notebook 03_unet.
-    """
-
-    def __init__(self, in_dim: int, time_embed_dim: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(in_dim, time_embed_dim)
-        self.act = nn.SiLU()
-        self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(x)))
-
-
-class Downsample2D(nn.Module):
-    """Halve the resolution with a 3x3 convolution of stride 2: ``(B, C, H, W) -> (B, C_out, H/2, W/2)``.
-
-    ``padding=1`` is the U-Net's; ``padding=0`` pads only right and bottom by one first, as SD's
-    autoencoder does. Name ``conv`` as in diffusers. Defined in notebook 03_unet.
-    """
-
-    def __init__(self, channels: int, out_channels: int | None = None, padding: int = 1):
-        super().__init__()
-        self.channels, self.padding = channels, padding
-        self.conv = nn.Conv2d(channels, out_channels or channels, kernel_size=3, stride=2, padding=padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"Downsample2D expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
-        if self.padding == 0:
-            x = F.pad(x, (0, 1, 0, 1))                 # asymmetric padding of the SD autoencoder
-        return self.conv(x)
-
-
-class Upsample2D(nn.Module):
-    """Double the resolution: nearest-neighbour x2, then a 3x3 convolution.
-
-    ``(B, C, H, W) -> (B, C_out, 2H, 2W)``. Name ``conv`` as in diffusers. Defined in notebook 03_unet.
-    """
-
-    def __init__(self, channels: int, out_channels: int | None = None):
-        super().__init__()
-        self.channels = channels
-        self.conv = nn.Conv2d(channels, out_channels or channels, kernel_size=3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"Upsample2D expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 @dataclass
@@ -210,7 +135,7 @@ def _attend(attn: nn.Module, h: torch.Tensor, context: torch.Tensor | None,
 class DownBlock(nn.Module):
     """One encoder level: resnets (each followed by attention at attention levels), then an optional
     downsample. Returns the output and every intermediate map for the skip connections.
-    Defined in notebook 03_unet."""
+    Supports notebook 03_unet."""
 
     def __init__(self, resnets: list[nn.Module], attentions: list[nn.Module], downsample: nn.Module | None):
         super().__init__()
@@ -233,7 +158,7 @@ class DownBlock(nn.Module):
 
 
 class MidBlock(nn.Module):
-    """The bottleneck: resnet, attention, resnet. Defined in notebook 03_unet."""
+    """The bottleneck: resnet, attention, resnet. Supports notebook 03_unet."""
 
     def __init__(self, resnets: list[nn.Module], attention: nn.Module):
         super().__init__()
@@ -249,7 +174,7 @@ class MidBlock(nn.Module):
 
 class UpBlock(nn.Module):
     """One decoder level: each resnet takes ``[h, skip]`` concatenated on channels (then attention at
-    attention levels); then an optional upsample. Defined in notebook 03_unet."""
+    attention levels); then an optional upsample. Supports notebook 03_unet."""
 
     def __init__(self, resnets: list[nn.Module], attentions: list[nn.Module], upsample: nn.Module | None):
         super().__init__()

@@ -19,6 +19,9 @@ Shape of the network, for ``block_out_channels=(32, 64, 64)`` on a 32x32 RGB ima
 The state-dict keys are identical to diffusers' ``AutoencoderKL``, so its weights (and those of
 the public Stable Diffusion VAE) load with ``load_state_dict(strict=True)``. Every GroupNorm has
 ``eps=1e-6``, as in SD's autoencoder (the U-Net uses 1e-5).
+
+The posterior and the training loss are in ``posterior`` (``DiagonalGaussian``, ``vae_loss``), the
+downsample and upsample blocks in ``resample``; both are importable from here too.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import torch
 from torch import nn
 
 from course_lib.models.attention import AttentionBlock
+from course_lib.models.posterior import DiagonalGaussian, VAELoss, vae_loss
+from course_lib.models.resample import Downsample2D, Upsample2D
 from course_lib.models.resnet import ResnetBlock2D, check_group_norm
-from course_lib.models.unet import Downsample2D, Upsample2D
 
 __all__ = ["AutoencoderConfig", "Encoder", "Decoder", "DiagonalGaussian", "AutoencoderKL",
            "AutoencoderOutput", "VAELoss", "vae_loss", "compute_scale_factor"]
@@ -41,7 +45,7 @@ VAE_NORM_EPS = 1e-6  # GroupNorm eps of SD's autoencoder (diffusers hard-codes i
 
 @dataclass
 class AutoencoderConfig:
-    """Sizes of an ``AutoencoderKL``. Defined in notebook 08_latent_autoencoder.
+    """Sizes of an ``AutoencoderKL``. Supports notebook 08_latent_autoencoder.
 
     The encoder halves the resolution once per entry of ``block_out_channels`` after the first, so
     images shrink by ``2 ** (len(block_out_channels) - 1)`` per side (SD: 4 levels -> 8x, a 512x512x3
@@ -133,7 +137,7 @@ class UpDecoderBlock2D(nn.Module):
 class MidBlock2D(nn.Module):
     """The middle of encoder and decoder: resnet, single-head self-attention over all pixels, resnet.
     Shape-preserving ``(B, C, H, W)``. Names resnets.0, attentions.0, resnets.1 as in diffusers'
-    ``UNetMidBlock2D``. Defined in notebook 08_latent_autoencoder.
+    ``UNetMidBlock2D``. Supports notebook 08_latent_autoencoder.
     """
 
     def __init__(self, channels: int, config: AutoencoderConfig):
@@ -152,7 +156,7 @@ class MidBlock2D(nn.Module):
 class Encoder(nn.Module):
     """Image ``(B, in_channels, H, W)`` -> posterior parameters ``(B, 2*latent_channels, H/f, W/f)``
     with ``f = config.downsample_factor`` (mean and log-variance stacked on the channel axis).
-    Defined in notebook 08_latent_autoencoder.
+    Supports notebook 08_latent_autoencoder.
     """
 
     def __init__(self, config: AutoencoderConfig):
@@ -181,7 +185,7 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """Latent ``(B, latent_channels, h, w)`` -> image ``(B, out_channels, h*f, w*f)``.
-    Defined in notebook 08_latent_autoencoder.
+    Supports notebook 08_latent_autoencoder.
     """
 
     def __init__(self, config: AutoencoderConfig):
@@ -207,60 +211,6 @@ class Decoder(nn.Module):
             h = block(h)                               # ... -> (B, C0, h*f, w*f)
         h = self.conv_act(self.conv_norm_out(h))
         return self.conv_out(h)                        # (B, C0, H, W) -> (B, out, H, W)
-
-
-class DiagonalGaussian:
-    """The encoder's posterior q(z | x): a Gaussian with diagonal covariance per latent element.
-
-    ``parameters (B, 2C, h, w)`` is split on the channel axis into ``mean`` and ``logvar``
-    (each ``(B, C, h, w)``); ``logvar`` is clamped to [-30, 20] as in SD, which keeps ``std``
-    finite. Same numbers as diffusers' ``DiagonalGaussianDistribution``.
-    Defined in notebook 08_latent_autoencoder.
-    """
-
-    def __init__(self, parameters: torch.Tensor):
-        if parameters.ndim != 4 or parameters.shape[1] % 2 != 0:
-            raise ValueError(f"DiagonalGaussian expects parameters (B, 2*C, h, w) holding mean and "
-                             f"log-variance, got {tuple(parameters.shape)}")
-        self.parameters = parameters
-        self.mean, logvar = torch.chunk(parameters, 2, dim=1)  # (B, 2C, h, w) -> 2 x (B, C, h, w)
-        self.logvar = torch.clamp(logvar, -30.0, 20.0)
-        self.std = torch.exp(0.5 * self.logvar)
-        self.var = torch.exp(self.logvar)
-
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A reparameterised sample ``mean + std * eps``, ``eps ~ N(0, I)`` drawn with ``generator``.
-
-        A CPU generator with a tensor on another device draws on the CPU and moves the noise, as
-        diffusers does, so the same seed gives the same sample on every device.
-        """
-        device = self.mean.device
-        if generator is not None and generator.device.type != device.type:
-            if generator.device.type != "cpu":
-                raise ValueError(f"a {generator.device.type} generator cannot draw noise for a tensor on "
-                                 f"{device}; use a CPU generator or one on {device.type}")
-            noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype).to(device)
-        else:
-            noise = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
-        return self.mean + self.std * noise
-
-    def mode(self) -> torch.Tensor:
-        """The most likely latent: the mean."""
-        return self.mean
-
-    def kl(self, other: DiagonalGaussian | None = None) -> torch.Tensor:
-        """KL(self || other), summed over (C, h, w): one value per image, shape ``(B,)``.
-
-        ``other=None`` means the standard normal prior N(0, I):
-        ``0.5 * sum(mean^2 + var - 1 - logvar)``.
-        """
-        if other is None:
-            return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=[1, 2, 3])
-        return 0.5 * torch.sum((self.mean - other.mean).pow(2) / other.var + self.var / other.var
-                               - 1.0 - self.logvar + other.logvar, dim=[1, 2, 3])
-
-    def __repr__(self) -> str:
-        return f"DiagonalGaussian(shape={tuple(self.mean.shape)}, dtype={self.mean.dtype})"
 
 
 class AutoencoderOutput(NamedTuple):
@@ -347,38 +297,6 @@ def _check_latents(z: torch.Tensor, config: AutoencoderConfig) -> None:
                          f"{tuple(z.shape)}{hint}")
 
 
-class VAELoss(NamedTuple):
-    """The parts of ``vae_loss``: ``total = reconstruction + kl_weight * kl`` (all scalars)."""
-
-    total: torch.Tensor
-    reconstruction: torch.Tensor
-    kl: torch.Tensor
-
-
-def vae_loss(x: torch.Tensor, recon: torch.Tensor, posterior: DiagonalGaussian, kl_weight: float = 1e-6,
-             kind: str = "l1") -> VAELoss:
-    """Autoencoder training loss: reconstruction + ``kl_weight`` * KL(posterior || N(0, I)).
-
-    As in SD's autoencoder training (``LPIPSWithDiscriminator`` without its perceptual and GAN
-    terms, and with its learned log-variance fixed at 0): the reconstruction error is the L1
-    distance (``kind="l1"``, SD's choice; ``"mse"`` for squared error) summed over every pixel
-    and channel, and the KL is summed over every latent element; both are averaged over the batch.
-    SD uses ``kl_weight=1e-6``: the KL term only keeps the latents from drifting to huge values,
-    it does not make them a standard normal. Defined in notebook 08_latent_autoencoder.
-    """
-    if kind not in ("l1", "mse"):
-        raise ValueError(f"kind must be 'l1' (SD's choice) or 'mse', got {kind!r}")
-    if x.shape != recon.shape:
-        raise ValueError(f"x {tuple(x.shape)} and recon {tuple(recon.shape)} must have the same shape; "
-                         "pass the autoencoder's output for the same batch")
-    if kl_weight < 0:
-        raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
-    err = (recon - x).abs() if kind == "l1" else (recon - x).pow(2)
-    rec = err.flatten(1).sum(dim=1).mean()             # (B, C, H, W) -> (B,) -> scalar
-    kl = posterior.kl().mean()                         # (B,) -> scalar
-    return VAELoss(rec + kl_weight * kl, rec, kl)
-
-
 @torch.no_grad()
 def compute_scale_factor(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64,
                          generator: torch.Generator | None = None, sample_posterior: bool = True) -> float:
@@ -413,4 +331,3 @@ def compute_scale_factor(vae: AutoencoderKL, images: torch.Tensor, batch_size: i
     if z.numel() < 2:
         raise ValueError("need at least two latent values to measure a standard deviation; pass more images")
     return float(1.0 / z.flatten().std())
-

@@ -7,7 +7,7 @@
 Every control maps to one field of ``GenerationSettings``; pressing *Generate* runs the pipeline
 and shows the image, the prompt the text encoder saw and the time. With ``sources`` (named images),
 it also offers img2img and inpainting (notebook 13): a source image, ``strength`` and a mask preset.
-For a LoRA, pass a pipeline it was applied to (``course_lib.models.lora.apply_lora``).
+For a LoRA, pass a pipeline it was applied to (``course_lib.pipeline.lora.apply_lora``).
 Errors (an over-long prompt, a bad setting) are shown in the output, not raised.
 """
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from course_lib.diffusion.guidance import available_styles
-from course_lib.pipeline.text_to_image import GenerationSettings, TextToImagePipeline
+from course_lib.pipeline.settings import GenerationSettings
+from course_lib.pipeline.text_to_image import TextToImagePipeline
 
 __all__ = ["GeneratorUI", "make_generator", "MASK_PRESETS", "mask_preset"]
 
@@ -45,7 +46,7 @@ def mask_preset(name: str, size: int) -> torch.Tensor | None:
 
 @dataclass
 class GeneratorUI:
-    """The generator's widgets; ``box`` is what the notebook displays. Defined in notebook 10_full_sampler."""
+    """The generator's widgets; ``box`` is what the notebook displays. Supports notebook 10_full_sampler."""
 
     box: object
     prompt: object

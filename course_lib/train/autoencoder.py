@@ -1,9 +1,10 @@
-"""Training and measuring the course's KL autoencoder on ShapeWorld. Defined in notebook 08_latent_autoencoder.
+"""Training the course's KL autoencoder on ShapeWorld. Defined in notebook 08_latent_autoencoder.
 
 The network lives in ``course_lib.models.vae`` and knows no data set; this module is where it meets
-ShapeWorld: it trains the autoencoder on fresh training-split images, measures its reconstructions
-(PSNR, a Frechet distance with its floor, prompt adherence of the reconstructions), and loads the
-shipped weights made by ``scripts/train_autoencoder.py``.
+ShapeWorld: it trains the autoencoder on fresh training-split images (on the course's one training
+loop, ``course_lib.train.loop.TrainLoop``). Using it, measuring its reconstructions (PSNR, a Frechet
+distance with its floor, prompt adherence) and loading the shipped weights made by
+``scripts/train_autoencoder.py`` are in ``course_lib.train.latents``, whose names are found here too.
 
     vae = load_shipped_autoencoder()                    # data/shapeworld_vae.*
     z = encode_latents(vae, images)                     # (N, 3, 32, 32) -> (N, 4, 8, 8), scaled to unit std
@@ -22,34 +23,35 @@ within minutes on two CPU cores.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 
-from course_lib.core.checkpoints import load_checkpoint, load_weights
-from course_lib.train.distributed import DistributedContext, autocast, check_batch_divisible, rank_seed, resolve_precision
-from course_lib.worlds.shapeworld import SPLITS, ShapeWorld
+from course_lib.models.vae import AutoencoderKL, vae_loss
+from course_lib.train.distributed import DistributedContext, check_batch_divisible, rank_seed
+from course_lib.train.latents import (
+    SHIPPED_VAE,
+    SHIPPED_VAE_CONFIG,
+    TRAIN_SEED_OFFSET,
+    ReconstructionReport,
+    decode_latents,
+    encode_latents,
+    evaluate_reconstructions,
+    load_shipped_autoencoder,
+    measure_scale_factor,
+    psnr,
+    reconstruct,
+    shipped_autoencoder_metrics,
+)
+from course_lib.train.loop import TrainLoop
 from course_lib.train.state import Checkpointing, describe_model
-from course_lib.core.utils import progress
-from course_lib.models.vae import AutoencoderConfig, AutoencoderKL, compute_scale_factor, vae_loss
+from course_lib.worlds.shapeworld import SPLITS, ShapeWorld
 
 __all__ = ["SHIPPED_VAE", "SHIPPED_VAE_CONFIG", "AutoencoderTrainingConfig", "AutoencoderHistory",
            "train_autoencoder", "reconstruct", "psnr", "encode_latents", "decode_latents",
            "ReconstructionReport", "evaluate_reconstructions", "load_shipped_autoencoder",
            "shipped_autoencoder_metrics", "measure_scale_factor", "TRAIN_SEED_OFFSET"]
-
-SHIPPED_VAE = "shapeworld_vae"
-# The shipped autoencoder's sizes: 32x32x3 -> 8x8x4 (12x fewer numbers; SD: 512x512x3 -> 64x64x4, 48x).
-# A narrow first level keeps the 32x32 convolutions cheap, which is where most of the time goes.
-SHIPPED_VAE_CONFIG = AutoencoderConfig(block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4,
-                                       norm_num_groups=8)
-# Training draws ShapeWorld seeds from TRAIN_SEED_OFFSET up, so evaluations with seeds below it use
-# images the autoencoder never saw.
-TRAIN_SEED_OFFSET = 1_000_000
-
 
 @dataclass
 class AutoencoderTrainingConfig:
@@ -157,7 +159,7 @@ def train_autoencoder(vae: AutoencoderKL, config: AutoencoderTrainingConfig | No
     context) each process renders its own images (its own seeds) and trains on
     ``batch_size / world_size`` of them per step, gradients averaged, so a step still sees
     ``batch_size`` images; the history holds the mean over the processes. ``precision``: autocast.
-    ``checkpoint``: a ``training_state.Checkpointing`` (save, resume and stop the run; every process's
+    ``checkpoint``: a ``train.state.Checkpointing`` (save, resume and stop the run; every process's
     random state is saved, and since each renders its own images a run resumes only with the number
     of processes it was saved with).
     """
@@ -172,224 +174,34 @@ def train_autoencoder(vae: AutoencoderKL, config: AutoencoderTrainingConfig | No
     world = world or ShapeWorld()
     param = next(vae.parameters())
     device, dtype = param.device, param.dtype
-    precision = resolve_precision(precision, device)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     torch.manual_seed(rank_seed(config.seed, ctx.rank))  # the posterior samples (one stream per process)
     vae.to(memory_format=fmt).train()
     net = ctx.wrap(vae) if processes > 1 else vae
     opt = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
-    history = AutoencoderHistory()
-    ckpt = checkpoint or Checkpointing()
     run_config = {"trainer": "train_autoencoder", "model": describe_model(vae), "settings": asdict(config),
                   "processes": processes}  # each process renders its own images: a stream per process count
-    state = ckpt.begin(ctx, run_config, total=config.steps, modules={"model": vae}, optimizers={"optimizer": opt})
-    seconds_before = 0.0
-    if state is not None:
-        loop = state.meta["loop"]
-        history.loss, history.reconstruction, history.kl = (
-            [float(v) for v in loop[k]] for k in ("loss", "reconstruction", "kl"))
-        history.images, seconds_before = int(loop["images"]), float(loop["seconds"])
-    first, end = ckpt.start_step, ckpt.end_step
-    batches = _training_images(config, world, ctx.rank, processes, first_step=first)
-    start = time.perf_counter()
+    loop = TrainLoop(vae, opt, total_steps=config.steps, lr_schedule=config.lr_at, grad_clip=config.grad_clip,
+                     precision=precision, distributed=ctx, checkpoint=checkpoint, run_config=run_config, desc=desc)
+    batches = _training_images(config, world, ctx.rank, processes, first_step=loop.start_step)
 
-    def loop_state() -> tuple[dict, dict]:
-        return {}, {"loss": history.loss, "reconstruction": history.reconstruction, "kl": history.kl,
-                    "images": history.images, "seconds": seconds_before + time.perf_counter() - start}
+    def step(i: int) -> dict[str, torch.Tensor]:
+        x = next(batches).to(device=device, dtype=dtype).contiguous(memory_format=fmt)
+        with loop.autocast():
+            out = net(x, sample_posterior=config.sample_posterior)
+            losses = vae_loss(x, out.sample.float(), out.posterior, kl_weight=config.kl_weight, kind=config.loss_kind)
+        return {"loss": losses.total, "reconstruction": losses.reconstruction, "kl": losses.kl}
+
+    def after(i: int, row: dict[str, float]) -> None:
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"the loss became {row['loss']} at step {i}; lower the learning "
+                                     f"rate (now {config.lr}) or keep grad_clip on")
+        if callback is not None:
+            callback(i, row)
 
     try:
-        for step in progress(range(first, end), desc=desc, disable=None if ctx.is_main else True,
-                             **({"initial": first, "total": config.steps} if first or end != config.steps else {})):
-            for group in opt.param_groups:
-                group["lr"] = config.lr_at(step)
-            x = next(batches).to(device=device, dtype=dtype).contiguous(memory_format=fmt)
-            with autocast(device, precision):
-                out = net(x, sample_posterior=config.sample_posterior)
-                losses = vae_loss(x, out.sample.float(), out.posterior, kl_weight=config.kl_weight,
-                                  kind=config.loss_kind)
-            opt.zero_grad(set_to_none=True)
-            losses.total.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(vae.parameters(), config.grad_clip)
-            opt.step()
-            values = torch.stack([losses.total.detach(), losses.reconstruction.detach(), losses.kl.detach()])
-            if processes > 1:
-                values = ctx.all_reduce_mean(values.double().cpu())
-            row = {"loss": values[0].item(), "reconstruction": values[1].item(), "kl": values[2].item()}
-            history.loss.append(row["loss"])
-            history.reconstruction.append(row["reconstruction"])
-            history.kl.append(row["kl"])
-            history.images += x.shape[0] * processes
-            if not math.isfinite(row["loss"]):
-                raise FloatingPointError(f"the loss became {row['loss']} at step {step}; lower the learning "
-                                         f"rate (now {config.lr}) or keep grad_clip on")
-            if callback is not None:
-                callback(step, row)
-            ckpt.step_done(step + 1, loop_state)
-        ckpt.finish(max(first, end), loop_state)
+        run = loop.run(step, on_step=after)
     finally:
-        history.seconds = seconds_before + time.perf_counter() - start
         vae.to(memory_format=torch.contiguous_format).eval()
-    return history
-
-
-# ----------------------------------------------------------------------------------------------
-# Using and measuring an autoencoder
-# ----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256,
-                sample_posterior: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Encode and decode ``images`` (N, C, H, W) in [-1, 1]; returns reconstructions clamped to [-1, 1].
-
-    Uses the posterior's mean unless ``sample_posterior=True``. Output on the images' device.
-    Defined in notebook 08_latent_autoencoder.
-    """
-    _check_batch(images)
-    param = next(vae.parameters())
-    vae.eval()
-    out = []
-    for s in range(0, len(images), batch_size):
-        x = images[s:s + batch_size].to(device=param.device, dtype=param.dtype)
-        posterior = vae.encode(x)
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        out.append(vae.decode(z).clamp(-1, 1).to(images.device, images.dtype))
-    return torch.cat(out)
-
-
-def psnr(images: torch.Tensor, reconstructions: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio per image, in dB: ``10 log10(data_range^2 / MSE)``; shape (N,).
-
-    ``data_range=2`` for images in [-1, 1] (the same value as for [0, 1] images with range 1).
-    A perfect copy gives ``inf``. Defined in notebook 08_latent_autoencoder.
-    """
-    if images.shape != reconstructions.shape:
-        raise ValueError(f"images {tuple(images.shape)} and reconstructions {tuple(reconstructions.shape)} "
-                         "must have the same shape")
-    mse = (images.float() - reconstructions.float()).pow(2).flatten(1).mean(dim=1)  # (N, C, H, W) -> (N,)
-    return 10 * torch.log10(data_range**2 / mse)
-
-
-@torch.no_grad()
-def encode_latents(vae: AutoencoderKL, images: torch.Tensor, scale: bool = True, sample_posterior: bool = False,
-                   batch_size: int = 256, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Latents of ``images`` (N, C, H, W) -> (N, latent_channels, H/f, W/f), multiplied by
-    ``vae.config.scaling_factor`` when ``scale`` (what a latent diffusion model is trained on).
-
-    Uses the posterior's mean unless ``sample_posterior=True`` (SD's training samples it).
-    Defined in notebook 08_latent_autoencoder.
-    """
-    _check_batch(images)
-    param = next(vae.parameters())
-    vae.eval()
-    out = []
-    for s in range(0, len(images), batch_size):
-        posterior = vae.encode(images[s:s + batch_size].to(device=param.device, dtype=param.dtype))
-        out.append(posterior.sample(generator) if sample_posterior else posterior.mode())
-    z = torch.cat(out)
-    return z * vae.config.scaling_factor if scale else z
-
-
-@torch.no_grad()
-def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, scaled: bool = True, batch_size: int = 256
-                   ) -> torch.Tensor:
-    """Images (N, C, H, W) in [-1, 1] from latents; divides by ``vae.config.scaling_factor`` first when
-    ``scaled`` (the latents came from a diffusion model). Defined in notebook 08_latent_autoencoder.
-    """
-    if not torch.is_tensor(latents) or latents.ndim != 4:
-        raise ValueError(f"latents must be a tensor (N, C, h, w), got "
-                         f"{tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__}")
-    param = next(vae.parameters())
-    vae.eval()
-    z = latents / vae.config.scaling_factor if scaled else latents
-    out = [vae.decode(z[s:s + batch_size].to(device=param.device, dtype=param.dtype)).clamp(-1, 1)
-           for s in range(0, len(z), batch_size)]
-    return torch.cat(out).to(latents.device)
-
-
-@dataclass
-class ReconstructionReport:
-    """How well an autoencoder reconstructs a set of ShapeWorld images. Defined in notebook 08_latent_autoencoder.
-
-    ``psnr``: mean per-image PSNR (dB). ``frechet``: Frechet distance of the reconstructions' features
-    from a reference set of real images, beside ``frechet_floor``, that of the originals themselves
-    (the best a perfect autoencoder could score). ``adherence`` / ``adherence_originals``: overall
-    GenEval-style prompt adherence of the reconstructions and of the originals to the captions;
-    ``exact`` / ``exact_originals`` the share with every claim right.
-    """
-
-    psnr: float
-    frechet: float
-    frechet_floor: float
-    adherence: float
-    adherence_originals: float
-    exact: float
-    exact_originals: float
-    n: int
-
-    def as_row(self, digits: int = 3) -> dict[str, float]:
-        return {k: round(v, digits) if isinstance(v, float) else v for k, v in asdict(self).items()}
-
-
-def evaluate_reconstructions(vae: AutoencoderKL, n: int = 1000, seed: int = 4242, split: str = "train",
-                             reference: torch.Tensor | None = None, world: ShapeWorld | None = None
-                             ) -> ReconstructionReport:
-    """Reconstruct ``n`` fresh ShapeWorld images of ``split`` and measure them (see ``ReconstructionReport``).
-
-    ``reference``: features of real images for the Frechet distance (default: 2,000 fresh images of
-    ``split`` through ``shapeworld_features``). Needs the shipped attribute network. ``seed`` must be
-    below ``TRAIN_SEED_OFFSET`` so that the images are not training images.
-    Defined in notebook 08_latent_autoencoder.
-    """
-    from course_lib.evaluate.adherence import score_adherence
-    from course_lib.evaluate.classifiers import shapeworld_features
-    from course_lib.evaluate.metrics import frechet_distance
-
-    if not 0 <= seed < TRAIN_SEED_OFFSET - 1:
-        raise ValueError(f"seed must be in [0, {TRAIN_SEED_OFFSET - 1}) so that the images are not training "
-                         f"images, got {seed}")
-    world = world or ShapeWorld()
-    batch = world.sample(n, seed=seed, split=split)
-    x = batch.tensors()
-    recon = reconstruct(vae, x)
-    if reference is None:
-        reference = shapeworld_features(world.sample(2000, seed=seed + 1, split=split).tensors())
-    orig_adh, rec_adh = score_adherence(x, batch.captions), score_adherence(recon, batch.captions)
-    return ReconstructionReport(
-        psnr=float(psnr(x, recon).mean()),
-        frechet=frechet_distance(reference, shapeworld_features(recon)),
-        frechet_floor=frechet_distance(reference, shapeworld_features(x)),
-        adherence=rec_adh.overall, adherence_originals=orig_adh.overall,
-        exact=rec_adh.exact, exact_originals=orig_adh.exact, n=n)
-
-
-def load_shipped_autoencoder(map_location: str | torch.device = "cpu") -> AutoencoderKL:
-    """The shipped ShapeWorld autoencoder (``data/shapeworld_vae.*``, made by ``scripts/train_autoencoder.py``).
-
-    Its ``config.scaling_factor`` is the scale factor measured after training. Returns it in eval mode.
-    Defined in notebook 08_latent_autoencoder.
-    """
-    return load_checkpoint(SHIPPED_VAE, AutoencoderKL, map_location=map_location)
-
-
-def shipped_autoencoder_metrics() -> dict[str, Any]:
-    """What ``scripts/train_autoencoder.py`` measured for the shipped autoencoder, and its command.
-
-    Defined in notebook 08_latent_autoencoder.
-    """
-    _, meta = load_weights(SHIPPED_VAE)
-    return {**meta["metrics"], "command": meta["command"]}
-
-
-def measure_scale_factor(vae: AutoencoderKL, n: int = 2048, seed: int = 0, split: str = "train") -> float:
-    """``compute_scale_factor`` on ``n`` fresh ShapeWorld images, with a seeded posterior sample, as SD
-    measured 0.18215 on its first training batch. Defined in notebook 08_latent_autoencoder.
-    """
-    images = ShapeWorld().sample(n, seed=seed, split=split).tensors()
-    return compute_scale_factor(vae, images, generator=torch.Generator().manual_seed(seed))
-
-
-def _check_batch(images: torch.Tensor) -> None:
-    if not torch.is_tensor(images) or images.ndim != 4:
-        raise ValueError(f"images must be a tensor (N, C, H, W) in [-1, 1], got "
-                         f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}; "
-                         "add a batch axis with x[None] for one image")
+    return AutoencoderHistory(loss=run.history.get("loss", []), reconstruction=run.history.get("reconstruction", []),
+                              kl=run.history.get("kl", []), images=run.steps * config.batch_size, seconds=run.seconds)

@@ -4,6 +4,8 @@ Not built in a notebook: this module is documented in the README's "Training big
 The notebooks train on one CPU process, where everything here reduces to "do nothing":
 ``init_distributed()`` without torchrun's environment returns a single-process context (rank 0
 of 1), ``ctx.wrap(model)`` returns the model itself, and ``autocast(device, "fp32")`` is a no-op.
+This module starts and joins the processes; batch slices and seeds per process are in
+``course_lib.train.sharding``, autocast and the gradient scaler in ``course_lib.train.precision``.
 
     ctx = init_distributed()                     # reads torchrun's RANK, WORLD_SIZE, LOCAL_RANK, ...
     model = build_model().to(ctx.device)         # cuda:LOCAL_RANK on a GPU machine, else the CPU
@@ -37,32 +39,18 @@ import torch
 from torch import nn
 
 from course_lib.core.utils import get_device
+from course_lib.train.precision import PRECISIONS, autocast, make_grad_scaler, resolve_precision
+from course_lib.train.sharding import all_gather_rows, check_batch_divisible, local_slice, rank_seed, split_sizes
 
+# The precision and sharding helpers live in their own modules (course_lib.train.precision and .sharding);
+# they are named here too, where every training loop and script has always found them.
 __all__ = [
-    "PRECISIONS",
-    "TORCHRUN_ENV",
-    "TIMEOUT_ENV_VAR",
-    "DistributedSetupError",
-    "DistributedContext",
-    "torchrun_env",
-    "init_distributed",
-    "shutdown_distributed",
-    "refuse_torchrun",
-    "rank_seed",
-    "split_sizes",
-    "local_slice",
-    "check_batch_divisible",
-    "resolve_precision",
-    "autocast",
-    "make_grad_scaler",
-    "unwrap",
-    "all_gather_rows",
-    "distributed_run",
+    "PRECISIONS", "TORCHRUN_ENV", "TIMEOUT_ENV_VAR", "DistributedSetupError", "DistributedContext", "torchrun_env",
+    "init_distributed", "shutdown_distributed", "refuse_torchrun", "rank_seed", "split_sizes", "local_slice",
+    "check_batch_divisible", "resolve_precision", "autocast", "make_grad_scaler", "unwrap", "all_gather_rows",
+    "distributed_run", "training_context",
 ]
 
-#: Mixed-precision choices: ``fp32`` (off), ``bf16`` and ``fp16`` autocast, ``auto`` (bf16 on a GPU
-#: that supports it, fp32 everywhere else).
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: The environment variables torchrun sets for every process it starts.
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 #: Seconds to wait for every process to join (and for any one collective operation); default 300.
@@ -319,48 +307,6 @@ def refuse_torchrun(script: str, supported: tuple[str, ...] = ()) -> None:
             f"`python`.{which}")
 
 
-def rank_seed(seed: int, rank: int, stride: int = 1_000_003) -> int:
-    """A seed of its own for each process drawing *generated* data: ``seed + rank * stride``.
-
-    Rank 0 keeps ``seed``, so a one-process run is unchanged; the stride (a prime above a million)
-    keeps the streams of different ranks apart. Not built in a notebook: see the README's
-    "Training bigger".
-    """
-    if not isinstance(seed, int) or not isinstance(rank, int) or seed < 0 or rank < 0:
-        raise ValueError(f"seed and rank must be non-negative ints, got seed={seed!r}, rank={rank!r}")
-    return seed + rank * stride
-
-
-def split_sizes(n: int, world_size: int) -> list[int]:
-    """How ``n`` examples are shared by ``world_size`` processes: sizes differing by at most one."""
-    if world_size < 1:
-        raise ValueError(f"world_size must be at least 1, got {world_size}")
-    base, extra = divmod(n, world_size)
-    return [base + (r < extra) for r in range(world_size)]
-
-
-def local_slice(n: int, rank: int, world_size: int) -> slice:
-    """The contiguous share of process ``rank`` in a global batch of ``n``: the slices of ranks
-    0..world_size-1 are disjoint and together cover ``0..n-1`` in order."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} does not fit world_size {world_size}")
-    sizes = split_sizes(n, world_size)
-    start = sum(sizes[:rank])
-    return slice(start, start + sizes[rank])
-
-
-def check_batch_divisible(batch_size: int, world_size: int, what: str = "batch_size") -> int:
-    """The per-process batch ``batch_size // world_size``, or a ``ValueError`` that says what to change."""
-    if batch_size % world_size:
-        lower = batch_size - batch_size % world_size
-        divisors = [d for d in range(1, min(batch_size, 64) + 1) if batch_size % d == 0]
-        raise ValueError(
-            f"{what}={batch_size} (the global batch) cannot be split evenly over {world_size} processes; use a "
-            f"{what} divisible by {world_size} (e.g. {lower or world_size} or {lower + world_size}), or start "
-            f"a number of processes that divides {batch_size} ({', '.join(map(str, divisors))})")
-    return batch_size // world_size
-
-
 def training_context(distributed: DistributedContext | None, device: torch.device, batch_size: int,
                      what: str = "the model") -> tuple[DistributedContext, int]:
     """A training loop's context and world size (1 outside torchrun). Under torchrun, checks that
@@ -374,82 +320,6 @@ def training_context(distributed: DistributedContext | None, device: torch.devic
             raise ValueError(f"{what} is on {device} but this process trains on {ctx.device}; move it there "
                              "first: .to(ctx.device)")
     return ctx, world
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``precision`` on ``device`` (``"auto"``: bf16 on a CUDA GPU
-    that supports it, else fp32). Raises a ``ValueError`` for a choice the device cannot run."""
-    device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return "bf16" if cuda_bf16 else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"fp16 autocast is for CUDA GPUs (with a gradient scaler); on {device.type} use "
-                         "precision 'bf16' or 'fp32'")
-    return precision
-
-
-def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """The mixed-precision context for the forward pass: ``torch.autocast`` in bf16/fp16, or nothing for fp32.
-
-    Weights, optimizer state and the loss stay in float32; only matrix multiplications and
-    convolutions run in the lower precision.
-    """
-    device = torch.device(device)
-    precision = resolve_precision(precision, device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def make_grad_scaler(device: torch.device | str, precision: str) -> torch.amp.GradScaler | None:
-    """A gradient scaler for fp16 (small gradients would underflow without it); None otherwise."""
-    device = torch.device(device)
-    if resolve_precision(precision, device) != "fp16":
-        return None
-    return torch.amp.GradScaler(device.type)
-
-
-class _GatherRows(torch.autograd.Function):
-    """All processes' tensors stacked along dim 0; the gradient of each process's rows flows back to it
-    (summed over the processes, since each computes its own copy of what follows)."""
-
-    @staticmethod
-    def forward(ctx: Any, local: torch.Tensor) -> torch.Tensor:
-        world = torch.distributed.get_world_size()
-        parts = [torch.empty_like(local) for _ in range(world)]
-        torch.distributed.all_gather(parts, local.contiguous())
-        ctx.rows, ctx.rank = local.shape[0], torch.distributed.get_rank()
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        torch.distributed.all_reduce(grad, op=torch.distributed.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
-
-
-def all_gather_rows(local: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
-    """Every process's rows of ``local`` in rank order, differentiable (as CLIP gathers embeddings across GPUs).
-
-    ``sizes``: how many rows each process holds, when they differ (e.g. ``split_sizes(n, world_size)``);
-    rows are padded to equal counts for the exchange and the padding is dropped. Every process must
-    call it. Each process then computes the same loss from the gathered rows; the gradient reaching
-    its own rows is the sum over processes, which DistributedDataParallel's average turns back into
-    the single-process gradient.
-    """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return local
-    world = torch.distributed.get_world_size()
-    sizes = sizes or [local.shape[0]] * world
-    pad = max(sizes) - local.shape[0]
-    if pad:
-        local = torch.cat([local, local.new_zeros(pad, *local.shape[1:])])
-    gathered = _GatherRows.apply(local)
-    return torch.cat([gathered[r * max(sizes):r * max(sizes) + size] for r, size in enumerate(sizes)])
 
 
 def unwrap(model: nn.Module) -> nn.Module:

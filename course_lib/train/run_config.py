@@ -14,21 +14,28 @@ small YAML (or JSON) file whose keys are the script's flags::
 every value from the file except ``steps``. "The same model, but bigger" is a new file, not new
 code. Unknown keys, values of the wrong type and choices a flag does not offer are errors that
 name the key and list what is allowed.
+
+The rest is what every script does around its training function: ``training_run`` joins torchrun's
+processes, sets torch's threads and checks that every process has the same settings; ``launcher``,
+``run_notes`` and ``changed_flags`` are the words it records with the weights it ships.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from course_lib.train.distributed import PRECISIONS
+from course_lib.train.distributed import PRECISIONS, DistributedContext, distributed_run
 
-__all__ = ["load_config_file", "parse_args", "add_runtime_arguments", "add_checkpoint_arguments"]
+__all__ = ["load_config_file", "parse_args", "add_runtime_arguments", "add_checkpoint_arguments", "training_run",
+           "launcher", "run_notes", "changed_flags", "window_means"]
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -163,3 +170,49 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, stop_after: bool =
         group.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                            help="stop the run at this step (the learning-rate schedule still spans the whole run), "
                                 "save its state to --checkpoint-dir and ship nothing; continue it with --resume")
+
+
+# ----------------------------------------------------------------------------------------------
+# Around a script's training function
+# ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def training_run(args: argparse.Namespace, default_threads: int | None = None) -> Iterator[DistributedContext]:
+    """``with training_run(args) as ctx:`` a script's run: join torchrun's processes (``init_distributed`` on
+    ``args.device``; a single process without torchrun), set torch's CPU threads (``args.threads``, else
+    ``default_threads`` in one process; under torchrun each process keeps torchrun's OMP_NUM_THREADS), check
+    that every process was started with the same settings, and leave the process group at the end."""
+    with distributed_run(getattr(args, "device", None)) as ctx:
+        threads = getattr(args, "threads", None)
+        if threads is None and ctx.world_size == 1:
+            threads = default_threads
+        if threads is not None:
+            torch.set_num_threads(threads)
+        ctx.check_same_on_all_ranks(vars(args), "settings")
+        yield ctx
+
+
+def launcher(ctx: DistributedContext) -> str:
+    """How the run was started, as its recorded command begins: ``python`` or ``torchrun --nproc_per_node=N``."""
+    return "python" if ctx.world_size == 1 else f"torchrun --nproc_per_node={ctx.world_size}"
+
+
+def run_notes(ctx: DistributedContext, precision: str, start_step: int = 0) -> dict[str, Any]:
+    """What a script adds to its metrics about the run when it was not one fp32 process on the CPU
+    (``machine``), and the step a resumed run started from (``resumed_from_step``)."""
+    notes: dict[str, Any] = {}
+    if ctx.world_size > 1 or ctx.device.type != "cpu" or precision != "fp32":
+        notes["machine"] = f"{ctx.world_size} process(es) on {ctx.device.type}, {precision}"
+    if start_step:
+        notes["resumed_from_step"] = start_step
+    return notes
+
+
+def changed_flags(args: argparse.Namespace, defaults: dict[str, Any]) -> str:
+    """`` --flag value`` for each setting of ``defaults`` (dest name: default) that ``args`` changed."""
+    return "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k, default in defaults.items()
+                   if getattr(args, k) != default)
+
+
+def window_means(values: Sequence[float], every: int = 50, digits: int = 4) -> list[float]:
+    """A loss curve for a JSON file: the mean of every ``every`` values (the last window may be shorter)."""
+    return [round(sum(values[i:i + every]) / len(values[i:i + every]), digits) for i in range(0, len(values), every)]

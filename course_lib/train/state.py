@@ -1,39 +1,33 @@
-"""Resumable training: everything a run needs to continue exactly where it stopped, without pickle.
+"""Resumable training: ``--checkpoint-dir``, ``--checkpoint-every``, ``--resume`` and ``--stop-after``.
 
 Not built in a notebook: documented in the README's "Training bigger" section (``--resume``).
 
-A training state is a folder with two files:
-
-- ``training_state.safetensors``: every tensor: the model (``model.*``), its EMA copy (``ema.*``),
-  the optimizer's moment estimates (``optimizer.<param index>.<name>``), the random generator's
-  state (``rng.<name>``) and any other tensor the loop needs (e.g. the epoch's shuffled order);
-- ``training_state.json``: the step, the run's configuration (a resumed run must have the same),
-  the optimizer's hyper-parameters, the learning-rate schedule's and gradient scaler's counters,
-  the losses so far, and the sha256 of the tensor file.
-
-Nothing is unpickled when loading (the course forbids it): tensors come from safetensors, all else
-from JSON. ``save_training_state`` writes both files under temporary names and renames them, so
-an interrupted save leaves the previous state intact.
-
-``training.train_diffusion_model`` saves and resumes its own state; every other training loop (the
-classifiers, segmentation, autoencoder, CLIP, GAN and 2-D diffusion loops) uses ``Checkpointing``,
-which also gathers every process's random state and stops a run early (``--stop-after``).
+``Checkpointing`` saves and resumes a training loop's full state (``course_lib.train.loop.TrainLoop``
+drives it for every training function of the course); ``course_lib.train.state_files`` is the format
+on disk (a safetensors file and a JSON file, nothing unpickled), whose names are also found here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from course_lib.core.checkpoints import CheckpointError, load_state_dict_checked, sha256_of
+from course_lib.core.checkpoints import CheckpointError, load_state_dict_checked
+from course_lib.train.state_files import (
+    STATE_JSON,
+    STATE_TENSORS,
+    TrainingState,
+    check_same_config,
+    describe_model,
+    load_optimizer_state,
+    load_training_state,
+    optimizer_state,
+    save_training_state,
+)
 
 __all__ = [
     "STATE_TENSORS",
@@ -48,151 +42,7 @@ __all__ = [
     "Checkpointing",
 ]
 
-STATE_TENSORS = "training_state.safetensors"
-STATE_JSON = "training_state.json"
-FORMAT = "course_lib.train.state/1"
-
-
-class TrainingState:
-    """A loaded (or to-be-saved) training state: ``tensors`` by flat name and JSON ``meta``."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]):
-        self.tensors = tensors
-        self.meta = meta
-
-    def group(self, prefix: str) -> dict[str, torch.Tensor]:
-        """The tensors whose names start with ``prefix + "."``, with the prefix removed (a state dict)."""
-        n = len(prefix) + 1
-        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
-
-    @property
-    def step(self) -> int:
-        return int(self.meta["step"])
-
-
-def _jsonable(value: Any) -> Any:
-    """Tuples to lists, numbers and strings as they are; anything else is an error (no pickling)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if torch.is_tensor(value) and value.numel() == 1:
-        return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} {value!r} in a training state's JSON")
-
-
-def optimizer_state(opt: torch.optim.Optimizer, prefix: str = "optimizer") -> tuple[dict[str, torch.Tensor],
-                                                                                     dict[str, Any]]:
-    """An optimizer's state as flat tensors (``prefix.<param index>.<name>``) and JSON (hyper-parameters,
-    non-tensor per-parameter values)."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for index, per_param in sd["state"].items():
-        for name, value in per_param.items():
-            if torch.is_tensor(value):
-                tensors[f"{prefix}.{index}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{name}"] = _jsonable(value)
-    return tensors, {"param_groups": _jsonable(sd["param_groups"]), "scalars": scalars}
-
-
-def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                         prefix: str = "optimizer") -> None:
-    """Load what ``optimizer_state`` stored into ``opt`` (built over the same parameters)."""
-    current = opt.state_dict()["param_groups"]
-    groups = meta["param_groups"]
-    if len(groups) != len(current) or any(len(a["params"]) != len(b["params"]) for a, b in zip(groups, current,
-                                                                                                 strict=True)):
-        raise CheckpointError("the stored optimizer state was made for a model with different parameters; "
-                              "build the model with the configuration the state was saved with")
-    for group, now in zip(groups, current, strict=True):  # JSON made the tuples (e.g. betas) lists
-        for k, v in now.items():
-            if isinstance(v, tuple) and isinstance(group.get(k), list):
-                group[k] = tuple(group[k])
-    state: dict[int, dict[str, Any]] = {}
-    n = len(prefix) + 1
-    for key, value in tensors.items():
-        if key.startswith(prefix + "."):
-            index, name = key[n:].split(".", 1)
-            state.setdefault(int(index), {})[name] = value
-    for key, value in meta.get("scalars", {}).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def save_training_state(folder: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write ``tensors`` (safetensors) and ``meta`` (JSON, with the tensors' sha256) into ``folder``.
-
-    Call it on the main process only. Returns the folder.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp_tensors, tmp_json = folder / (STATE_TENSORS + ".tmp"), folder / (STATE_JSON + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp_tensors))
-    record = {"format": FORMAT, **_jsonable(meta), "sha256": sha256_of(tmp_tensors)}
-    tmp_json.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp_tensors, folder / STATE_TENSORS)
-    os.replace(tmp_json, folder / STATE_JSON)
-    return folder
-
-
-def load_training_state(folder: str | Path) -> TrainingState:
-    """Read a folder written by ``save_training_state`` (checksum verified; nothing unpickled)."""
-    folder = Path(folder)
-    tensors_path, json_path = folder / STATE_TENSORS, folder / STATE_JSON
-    if not json_path.is_file() or not tensors_path.is_file():
-        hint = " (it is a shipped model, not a training state)" if folder.suffix in (".safetensors", ".json") else ""
-        raise CheckpointError(f"{folder} is not a training state{hint}: expected {STATE_TENSORS} and {STATE_JSON} "
-                              "in it, as written by a training script's --checkpoint-dir")
-    meta = json.loads(json_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{json_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    digest = sha256_of(tensors_path)
-    if digest != meta.get("sha256"):
-        raise CheckpointError(f"{tensors_path} does not match the checksum in {json_path.name} (sha256 "
-                              f"{digest[:12]}... != {str(meta.get('sha256'))[:12]}...): the two files are from "
-                              "different saves, or one was changed. Resume from an intact folder or start afresh.")
-    return TrainingState(load_file(str(tensors_path)), meta)
-
-
-def _differences(saved: Any, now: Any, path: str = "") -> list[str]:
-    if isinstance(saved, dict) and isinstance(now, dict):
-        out = []
-        for k in sorted(set(saved) | set(now)):
-            where = f"{path}.{k}" if path else str(k)
-            if k not in saved:
-                out.append(f"{where}: not in the checkpoint, {now[k]!r} now")
-            elif k not in now:
-                out.append(f"{where}: {saved[k]!r} in the checkpoint, not set now")
-            else:
-                out.extend(_differences(saved[k], now[k], where))
-        return out
-    return [] if saved == now else [f"{path}: {saved!r} in the checkpoint, {now!r} now"]
-
-
-def check_same_config(folder: str | Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
-    """Raise a ``CheckpointError`` listing every setting in which ``now`` differs from the stored ``saved``."""
-    diffs = _differences(_jsonable(saved), _jsonable(now))
-    if diffs:
-        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
-        raise CheckpointError(
-            f"cannot resume from {folder}: it was saved by a run with a different configuration ({shown}). "
-            f"Resume with the settings it was saved with (see {Path(folder) / STATE_JSON}, key \"config\"), "
-            "or start a fresh run without --resume.")
-
-
-def describe_model(obj: nn.Module) -> dict[str, Any]:
-    """A JSON description of a model's configuration, for checking that a resumed run is the same run:
-    its class, its ``config`` (a dataclass or dict) or else every weight's shape, and its parameter count."""
-    cfg = getattr(obj, "config", None)
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        cfg = dataclasses.asdict(cfg)
-    return {"class": type(obj).__name__, "config": cfg if isinstance(cfg, dict) else None,
-            "parameters": sum(p.numel() for p in obj.parameters()),
-            "shapes": {k: list(v.shape) for k, v in obj.state_dict().items()} if cfg is None else None}
+LoopState = Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
 
 
 def _gather_from_ranks(ctx: Any, value: torch.Tensor) -> list[torch.Tensor]:
@@ -210,7 +60,8 @@ class Checkpointing:
 
     Not built in a notebook: documented in the README's "Training bigger". A script makes one from
     its flags (``Checkpointing.from_args(args)``) and hands it to a training function
-    (``checkpoint=``), which registers what its loop changes and calls three methods::
+    (``checkpoint=``), whose loop (``course_lib.train.loop.TrainLoop``) registers what it changes and
+    calls three methods::
 
         state = ckpt.begin(ctx, run_config, total=steps, modules={"model": model},
                            optimizers={"optimizer": opt}, schedulers={"lr_schedule": sched},
@@ -223,8 +74,10 @@ class Checkpointing:
                     average_buffers=[model])                         # and averages BatchNorm statistics
 
     Saved with the modules' state dicts, the optimizers' state, the learning-rate schedules'
-    counters, the named generators, every process's global torch random state (dropout, posterior
-    samples: ``rng.torch.<rank>``, and ``rng.cuda.<rank>`` on a GPU), the loop's own tensors (e.g.
+    counters (and other ``states`` with a JSON ``state_dict``, e.g. fp16's gradient scaler), the
+    named generators, every process's global torch random state (dropout, posterior samples:
+    ``rng.torch.<rank>``, and ``rng.cuda.<rank>`` on a GPU; left out with ``global_rng=False`` by a
+    loop that draws every random number from its named generators), the loop's own tensors (e.g.
     the epoch's shuffled order) and JSON (``loop_meta``: losses so far...). A resumed run must have
     the same ``run_config`` (and ``extra_config``), else a ``CheckpointError`` lists what differs.
     ``--stop-after K`` ends the run at step K of its ``total`` (the learning-rate schedule still
@@ -260,6 +113,8 @@ class Checkpointing:
         self._schedulers: dict[str, Any] = {}
         self._generators: dict[str, torch.Generator] = {}
         self._resume_from: Path | None = None
+        self._states: dict[str, Any] = {}
+        self._save_global_rng = True
 
     @classmethod
     def from_args(cls, args: Any, **extra_config: Any) -> Checkpointing:
@@ -308,17 +163,23 @@ class Checkpointing:
     # ------------------------------------------------------------------------------ the loop's side
     def begin(self, ctx: Any, run_config: dict[str, Any], *, total: int, modules: dict[str, nn.Module],
               optimizers: dict[str, torch.optim.Optimizer] | None = None, schedulers: dict[str, Any] | None = None,
-              generators: dict[str, torch.Generator] | None = None) -> TrainingState | None:
+              generators: dict[str, torch.Generator] | None = None, states: dict[str, Any] | None = None,
+              global_rng: bool = True) -> TrainingState | None:
         """Register what the loop changes (``modules``: unwrapped, not DistributedDataParallel) and, with
         ``resume``, load it all; ``total``: the steps of the whole run. Every process calls it."""
         self._ctx, self.total = ctx, total
         self._config = {**run_config, "extra": self.extra_config}
         self._modules, self._optimizers = dict(modules), dict(optimizers or {})
         self._schedulers, self._generators = dict(schedulers or {}), dict(generators or {})
+        self._states, self._save_global_rng = dict(states or {}), global_rng
         self.stopped_at, self.start_step = None, 0
         state = None
         if self.resume is not None:
             state = load_training_state(self.resume)
+            if "optimizers" not in state.meta:
+                raise CheckpointError(f"{self.resume} holds a training state in the format of an older course_lib "
+                                      "(before every loop saved through Checkpointing); start a fresh run without "
+                                      "--resume")
             check_same_config(self.resume, state.meta["config"], self._config)
             for name, module in self._modules.items():
                 load_state_dict_checked(module, state.group(name), what=f"training state {self.resume} ({name})")
@@ -326,28 +187,34 @@ class Checkpointing:
                 load_optimizer_state(opt, state.tensors, state.meta["optimizers"][name], prefix=name)
             for name, sched in self._schedulers.items():
                 sched.load_state_dict(state.meta["lr_schedules"][name])
+            for name, obj in self._states.items():
+                if state.meta.get("states", {}).get(name):
+                    obj.load_state_dict(state.meta["states"][name])
             for name, g in self._generators.items():
                 g.set_state(state.tensors[f"rng.{name}"])
-            self._restore_global_rng(state.tensors)
+            if global_rng:
+                self._restore_global_rng(state.tensors)
             self.start_step = state.step
         end = total if self.stop_after is None else min(total, max(self.stop_after, self.start_step))
         self.end_step = end
         return state
 
-    def step_done(self, step: int, extra: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None
-                  ) -> None:
+    def step_done(self, step: int, extra: LoopState | None = None) -> None:
         """After step ``step`` (steps taken so far): save every ``checkpoint_every`` steps (all processes call
         it; rank 0 writes). The state at ``end_step`` is saved by ``finish``."""
         if self.checkpoint_every is not None and step % self.checkpoint_every == 0 and step < self.end_step:
             self.save(step, extra)
 
-    def finish(self, step: int, extra: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
-               average_buffers: Iterable[nn.Module] = ()) -> None:
+    def finish(self, step: int, extra: LoopState | None = None,
+               average_buffers: Iterable[nn.Module] = (), stopped: bool | None = None) -> None:
         """After the loop (``step``: steps taken; all processes call it): note an early stop, average the
         floating-point buffers (BatchNorm's running statistics) of ``average_buffers`` over the processes,
         and save the state. A stopped run is saved *before* the average, exactly as it stood (so that
-        resuming it continues the very same run), a finished one after it (as it is shipped)."""
-        stopped = self.total is not None and step < self.total
+        resuming it continues the very same run), a finished one after it (as it is shipped).
+        ``stopped``: whether the run stopped early (default: it did if ``step`` falls short of the total;
+        a run that ended at its time limit passes False: it is finished, and ships)."""
+        if stopped is None:
+            stopped = self.total is not None and step < self.total
         if stopped:
             self.stopped_at = step
             self.save(step, extra)
@@ -356,13 +223,12 @@ class Checkpointing:
         if not stopped:
             self.save(step, extra)
 
-    def save(self, step: int, extra: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None
-             ) -> None:
+    def save(self, step: int, extra: LoopState | None = None) -> None:
         """Write the training state after ``step`` steps into ``checkpoint_dir`` (rank 0; all processes call it)."""
         if self.checkpoint_dir is None:
             return
         ctx = self._ctx
-        rng = self._global_rng()  # a collective: every process takes part
+        rng = self._global_rng() if self._save_global_rng else {}  # a collective: every process takes part
         if ctx.is_main:
             loop_tensors, loop_meta = extra() if extra is not None else ({}, {})
             tensors: dict[str, torch.Tensor] = {}
@@ -380,6 +246,7 @@ class Checkpointing:
             tensors.update(loop_tensors)
             meta = {"step": step, "total_steps": self.total, "config": self._config, "optimizers": opt_meta,
                     "lr_schedules": {name: s.state_dict() for name, s in self._schedulers.items()},
+                    "states": {name: obj.state_dict() for name, obj in self._states.items()},
                     "world_size": ctx.world_size, "loop": loop_meta}
             save_training_state(self.checkpoint_dir, tensors, meta)
         ctx.barrier()  # the state is on disk before any process goes on (e.g. to resume it)

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from course_lib.models.clip import CLIPTextEncoder
-from course_lib.worlds.shapeworld import ShapeWorld
 from course_lib.models.tokenizer import CLIPStyleTokenizer
 from course_lib.models.unet import UNetConfig
 from course_lib.models.vae import AutoencoderKL
-from course_lib.train.autoencoder import encode_latents
+from course_lib.train.latents import encode_latents
+from course_lib.worlds.shapeworld import ShapeWorld
 
 __all__ = [
     "SHIPPED_T2I_UNET",

@@ -16,7 +16,7 @@ MNIST_FILE = "mnist_5k.npz"
 def load_mnist_arrays(path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The raw arrays: images (5000, 28, 28) uint8 and labels (5000,) int64.
 
-    Defined in notebook 00_welcome.
+    Supports notebook 00_welcome.
     """
     path = Path(path) if path is not None else data_dir() / MNIST_FILE
     if not path.is_file():

@@ -16,7 +16,7 @@ import torch
 
 @dataclass(frozen=True)
 class Mixture2D:
-    """An equal-weight mixture of isotropic 2-D Gaussians. Defined in notebook 00_welcome."""
+    """An equal-weight mixture of isotropic 2-D Gaussians. Supports notebook 00_welcome."""
 
     name: str
     means: torch.Tensor  # (K, 2)
@@ -57,7 +57,7 @@ TOY_MIXTURES = {"ring8": ring_of_gaussians, "grid25": grid_of_gaussians}
 
 
 def make_mixture(name: str) -> Mixture2D:
-    """``"ring8"`` or ``"grid25"``. Defined in notebook 00_welcome."""
+    """``"ring8"`` or ``"grid25"``. Supports notebook 00_welcome."""
     if name not in TOY_MIXTURES:
         raise ValueError(f"unknown toy mixture {name!r}; known ones: {sorted(TOY_MIXTURES)}")
     return TOY_MIXTURES[name]()
@@ -65,7 +65,7 @@ def make_mixture(name: str) -> Mixture2D:
 
 @dataclass
 class ModeScore:
-    """Modes covered and the share of high-quality samples. Defined in notebook 00_welcome."""
+    """Modes covered and the share of high-quality samples. Supports notebook 00_welcome."""
 
     modes_covered: int
     num_modes: int

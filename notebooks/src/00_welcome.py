@@ -1,8 +1,6 @@
 # %% [markdown]
 # # 00 · Welcome: what Stable Diffusion really is
 #
-# {{COLAB_BADGE}}
-#
 # This course builds Stable Diffusion from scratch, one part per notebook, and keeps each finished
 # part in a small library, `course_lib`, that the last notebook assembles into a text-to-image
 # sampler. Every claim is measured, every model is trained by the course's own code, and every
@@ -16,20 +14,6 @@
 # - use the course's judges: Frechet distance, KID and precision/recall on a classifier's
 #   features, and GenEval-style prompt adherence, and know how good the judges themselves are;
 # - run the course locally, on Colab, and as slides.
-
-# %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
 
 # %%
 import matplotlib.pyplot as plt
@@ -158,8 +142,8 @@ print("collapsed sampler:   ", score_modes(collapsed, ring))
 # 50 of each digit. Images are scaled to [-1, 1], the range diffusion models work in.
 
 # %%
-from course_lib.worlds.mnist import MNIST5k
 from course_lib.core.plotting import show_images
+from course_lib.worlds.mnist import MNIST5k
 
 digits = MNIST5k("train")
 order = torch.argsort(digits.labels[:400], stable=True)[::4][:80]
@@ -176,8 +160,8 @@ print(len(digits), "training digits,", len(MNIST5k("test")), "test digits")
 # can measure exactly whether a generated image obeys its prompt.
 
 # %%
-from course_lib.worlds import shapeworld as sw
 from course_lib.core.plotting import show_captioned
+from course_lib.worlds import shapeworld as sw
 
 world = sw.ShapeWorld()
 batch = world.sample(12, seed=0)

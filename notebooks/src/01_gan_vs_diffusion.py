@@ -1,8 +1,6 @@
 # %% [markdown]
 # # 01 · GAN versus diffusion: why image generation moved on
 #
-# {{COLAB_BADGE}}
-#
 # A popular article calls Stable Diffusion a *generative adversarial network* with a generator and a
 # discriminator. It is not: Stable Diffusion is a latent diffusion model, and no discriminator takes
 # part in making an image (notebook 00). But until about 2021 GANs *were* the best image generators,
@@ -20,20 +18,6 @@
 # - say, with numbers, what diffusion buys over a GAN and what it costs.
 
 # %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
-
-# %%
 import dataclasses
 import math
 import time
@@ -44,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.core.plotting import plot_curves, plot_points_2d, show_images
+from course_lib.core.utils import count_parameters, get_device, seed_everything
 from course_lib.models import gan
 from course_lib.train import toy_diffusion
-from course_lib.core.plotting import plot_curves, plot_points_2d, show_images
 from course_lib.worlds.toy2d import grid_of_gaussians, ring_of_gaussians, score_modes
-from course_lib.core.utils import count_parameters, get_device, seed_everything
 
 seed_everything(0)
 device = get_device()
@@ -130,7 +114,9 @@ plt.show()
 # $\beta_1 = 0.5$, as DCGAN did. Here are 300 steps on the ring of 8, by hand:
 
 # %%
-cfg = gan.TOY_GAN_TRAINING          # the settings every 2-D GAN in this notebook uses
+from course_lib.train.gan import TOY_GAN_TRAINING, GANHistory, train_gan
+
+cfg = TOY_GAN_TRAINING              # the settings every 2-D GAN in this notebook uses
 print(cfg)
 
 
@@ -163,16 +149,16 @@ by_hand = train_by_hand(generator, discriminator, steps=300, seed=7)
 
 # %% [markdown]
 # `course_lib.models.gan` holds the same thing: `MLPGenerator`/`MLPDiscriminator`, `discriminator_loss`,
-# `generator_loss` and `train_gan`, which also records the losses, what $D$ thinks of real and
-# fake samples, and snapshots of $G$'s samples. Trained from the same weights with the same random
+# `generator_loss`; `course_lib.train.gan` holds `train_gan`, which also records the losses, what $D$ thinks
+# of real and fake samples, and snapshots of $G$'s samples. Trained from the same weights with the same random
 # stream, it takes exactly the same 300 steps:
 
 # %%
 # NBVAL_CHECK_OUTPUT
 z = torch.randn(1000, latent_dim, generator=torch.Generator().manual_seed(0))
-lib_hist = gan.train_gan(lib_G, lib_D, ring.sample, dataclasses.replace(cfg, steps=300, seed=7), show_progress=False)
+lib_hist = train_gan(lib_G, lib_D, ring.sample, dataclasses.replace(cfg, steps=300, seed=7), show_progress=False)
 print("loss_D, loss_G after 300 steps, by hand:", [round(v, 4) for v in by_hand[-1]])
-print("                         course_lib.models.gan:", [round(lib_hist.loss_d[-1], 4), round(lib_hist.loss_g[-1], 4)])
+print("                          course_lib.train.gan:", [round(lib_hist.loss_d[-1], 4), round(lib_hist.loss_g[-1], 4)])
 with torch.no_grad():
     print("largest difference of the two generators' outputs:", (generator(z) - lib_G(z)).abs().max().item())
 logits = torch.randn(64, 1, generator=torch.Generator().manual_seed(1))
@@ -192,7 +178,7 @@ print("losses agree:", torch.equal(d_loss(logits, -logits), gan.discriminator_lo
 snapshot_steps = tuple(range(0, 6001, 500))
 seed_everything(0)
 G, D = gan.MLPGenerator(gan.TOY_GAN), gan.MLPDiscriminator(gan.TOY_GAN)
-gan_hist = gan.train_gan(G, D, ring.sample, dataclasses.replace(cfg, seed=0, snapshot_steps=snapshot_steps,
+gan_hist = train_gan(G, D, ring.sample, dataclasses.replace(cfg, seed=0, snapshot_steps=snapshot_steps,
                                                                  snapshot_size=2500))
 print(f"GAN: 6,000 steps in {gan_hist.seconds:.0f} s")
 
@@ -333,14 +319,14 @@ print(f"largest difference of their outputs on the same 1,000 z: {gap:.1f} (the 
 # do differently), and compare their samples of the same fixed noise along the way.
 
 # %%
-def gan_from_live_start(nudge: bool, steps: int = 500) -> gan.GANHistory:
+def gan_from_live_start(nudge: bool, steps: int = 500) -> GANHistory:
     seed_everything(0)                                   # the live run's starting weights
     g_, d_ = gan.MLPGenerator(gan.TOY_GAN), gan.MLPDiscriminator(gan.TOY_GAN)
     if nudge:
         with torch.no_grad():
             for p in g_.parameters():
                 p.copy_(torch.nextafter(p, torch.full_like(p, math.inf)))   # one rounding step up
-    return gan.train_gan(g_, d_, ring.sample, dataclasses.replace(
+    return train_gan(g_, d_, ring.sample, dataclasses.replace(
         cfg, seed=0, steps=steps, snapshot_steps=(0, 50, 100, 200, 300, 500), snapshot_size=2500), show_progress=False)
 
 
@@ -405,11 +391,12 @@ plt.show()
 # each from scratch for a few steps, to see the losses move, then load the shipped weights.
 
 # %%
-from course_lib.train import diffusion as training
 from course_lib.evaluate.classifiers import digit_features, load_digit_classifier
 from course_lib.evaluate.metrics import compare_sets
-from course_lib.worlds.mnist import MNIST5k
 from course_lib.models.unet import UNet
+from course_lib.train import diffusion as training
+from course_lib.train.gan import MNIST_DCGAN_TRAINING
+from course_lib.worlds.mnist import MNIST5k
 
 train_digits, test_digits = MNIST5k("train"), MNIST5k("test")
 shipped_diffusion = training.load_diffusion_checkpoint("mnist_unet_short", map_location=device)
@@ -425,7 +412,7 @@ shipped_training = shipped_diffusion.meta["config"]["training"]
 short_config = training.TrainingConfig(steps=20, batch_size=shipped_training["batch_size"], lr=shipped_training["lr"],
                                        warmup_steps=10, ema_decay=None)
 start = time.perf_counter()
-short_gan = gan.train_gan(dc_G, dc_D, train_digits.images, dataclasses.replace(gan.MNIST_DCGAN_TRAINING, steps=40))
+short_gan = train_gan(dc_G, dc_D, train_digits.images, dataclasses.replace(MNIST_DCGAN_TRAINING, steps=40))
 short_diff = training.train_diffusion_model(unet, train_digits.images, digit_schedule, short_config)
 print(f"40 DCGAN steps and 20 diffusion steps in {time.perf_counter() - start:.0f} s")
 
@@ -570,7 +557,7 @@ plt.show()
 #
 # * A GAN trains a generator against a discriminator; the generator uses the non-saturating loss
 #   $-\log\sigma(D(G(z)))$ because the original minimax loss gives it no gradient when it is bad.
-#   `course_lib.models.gan` holds the networks, the losses and `train_gan`.
+#   `course_lib.models.gan` holds the networks and the losses, `course_lib.train.gan` holds `train_gan`.
 # * A GAN's losses hover around the game's equilibrium whatever the samples look like; measure the
 #   samples instead (modes covered, high-quality share, Frechet distance with its floor).
 # * Same data, parameters and training steps: the diffusion model covered every mode on every seed;
@@ -620,7 +607,7 @@ print(f"for scale: section 2 trained the GAN for 6,000 steps in {gan_hist.second
 def modes_after(kind, steps=3000):
     seed_everything(0)
     g_, d_ = gan.MLPGenerator(gan.TOY_GAN), gan.MLPDiscriminator(gan.TOY_GAN)
-    gan.train_gan(g_, d_, ring.sample, dataclasses.replace(cfg, steps=steps, seed=0, generator_loss=kind),
+    train_gan(g_, d_, ring.sample, dataclasses.replace(cfg, steps=steps, seed=0, generator_loss=kind),
                   show_progress=False)
     return score_modes(g_.sample(2500, torch.Generator().manual_seed(0)), ring).modes_covered
 

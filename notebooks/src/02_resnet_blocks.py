@@ -1,8 +1,6 @@
 # %% [markdown]
 # # 02 · ResNet blocks: why residual connections let deep networks train
 #
-# {{COLAB_BADGE}}
-#
 # Every network in Stable Diffusion, the denoising U-Net and the autoencoder alike, is a stack of
 # *residual blocks*: each block computes a correction `f(h)` and adds it to its input,
 # `h + f(h)`. This notebook measures why. We train the same 30-layer network twice, once plain and
@@ -18,28 +16,14 @@
 # - choose GroupNorm group counts that fit a channel count, and read the error when they do not.
 
 # %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
-
-# %%
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.worlds.mnist import MNIST5k
 from course_lib.core.utils import count_parameters, seed_everything
+from course_lib.worlds.mnist import MNIST5k
 
 seed_everything(0)
 # The networks here are tiny: they run on the CPU everywhere, so every number below is reproducible.
@@ -155,11 +139,14 @@ print("\n".join(rows))
 #
 # ### 1.2 Training both
 # Same data, same batches in the same order, SGD with momentum, learning rate 0.05, 400 steps of 64
-# digits (about 6 passes over the 4,500 training digits). `course_lib.models.depth` keeps this experiment;
-# first we check that its `DeepMLP` is exactly the network written above.
+# digits (about 6 passes over the 4,500 training digits). `course_lib.models.depth` keeps this experiment's
+# networks (`course_lib.train.depth` its training); first we check that its `DeepMLP` is exactly the network
+# written above.
 
 # %%
-from course_lib.models.depth import DeepMLP, DeepMLPConfig, accuracy, mean_loss, train_classifier
+# NBVAL_CHECK_OUTPUT
+from course_lib.models.depth import DeepMLP, DeepMLPConfig, accuracy, mean_loss
+from course_lib.train.depth import train_classifier
 
 lib_plain = DeepMLP(DeepMLPConfig(depth=DEPTH, width=WIDTH, residual=False))
 lib_plain.load_state_dict(plain.state_dict())              # same parameter names, so this just works

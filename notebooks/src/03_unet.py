@@ -1,8 +1,6 @@
 # %% [markdown]
 # # 03 · The U-Net: seeing the whole image and every pixel
 #
-# {{COLAB_BADGE}}
-#
 # Stable Diffusion's denoiser is a U-Net: an encoder that shrinks the image to see it whole, a
 # decoder that grows it back, and skip connections that hand the decoder every detail the encoder
 # saw on its way down. The U-Net was invented for something else, labelling every pixel of a
@@ -20,20 +18,6 @@
 #   pixels, down- and upsampling, and show each equals its `diffusers` counterpart;
 # - read the errors a U-Net gives for an image size it cannot halve or a channel count GroupNorm
 #   cannot split.
-
-# %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
 
 # %%
 import math
@@ -68,7 +52,7 @@ print("torch", torch.__version__)
 # ShapeWorld (notebook 00) knows the truth of every pixel: `semantic_masks()` gives the shape class.
 
 # %%
-from course_lib.models.segmentation import CLASS_NAMES, shapeworld_segmentation_data
+from course_lib.train.segmentation import CLASS_NAMES, shapeworld_segmentation_data
 
 train_images, train_masks = shapeworld_segmentation_data(20000, seed=0)   # the shipped weights' training set
 test_images, test_masks = shapeworld_segmentation_data(1000, seed=2024)   # fresh images, never trained on
@@ -151,6 +135,7 @@ for skip in (True, False):
 # weights it gives exactly the same output:
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from course_lib.models.segmentation import SegmentationUNet, SegmentationUNetConfig
 
 for skip in (True, False):
@@ -166,7 +151,8 @@ for skip in (True, False):
 # both networks. (The progress bar shows in Jupyter.)
 
 # %%
-from course_lib.models.segmentation import mean_iou, predict, train_segmenter
+from course_lib.models.segmentation import mean_iou, predict
+from course_lib.train.segmentation import train_segmenter
 
 live = {}
 for skip in (True, False):

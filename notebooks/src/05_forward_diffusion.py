@@ -1,8 +1,6 @@
 # %% [markdown]
 # # 05 · Forward diffusion: what noising does to an image, step by step
 #
-# {{COLAB_BADGE}}
-#
 # A diffusion model learns to undo one fixed process: adding Gaussian noise to an image a little at
 # a time until nothing of the image is left. This notebook builds that *forward process* by hand:
 # the noise schedules of DDPM and Stable Diffusion, the closed form that jumps straight to any
@@ -18,28 +16,14 @@
 # - explore the noising of a digit with a slider over t.
 
 # %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
-
-# %%
 import math
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from course_lib.worlds.mnist import MNIST5k
 from course_lib.core.utils import seed_everything
+from course_lib.worlds.mnist import MNIST5k
 
 seed_everything(0)
 digits = MNIST5k("train").images          # (4500, 1, 28, 28), pixel values in [-1, 1]

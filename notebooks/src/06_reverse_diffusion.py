@@ -1,8 +1,6 @@
 # %% [markdown]
 # # 06 · Reverse diffusion: how a network learns to undo noise
 #
-# {{COLAB_BADGE}}
-#
 # Notebook 05 destroyed a digit with noise in 1000 small steps. Here a U-Net learns to predict the
 # noise in a noisy digit, and two samplers use that prediction to run the process backwards, from
 # pure noise to new digits: DDPM's ancestral sampler (1000 steps) and DDIM (a few dozen).
@@ -17,20 +15,6 @@
 # - load the course's trained digit model and know exactly how it was made.
 
 # %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
-
-# %%
 import copy
 import time
 
@@ -38,12 +22,12 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from course_lib.diffusion.forward import q_sample
-from course_lib.worlds.mnist import MNIST5k
 from course_lib.core.plotting import plot_curves, show_images
+from course_lib.core.utils import count_parameters, get_device, seed_everything
+from course_lib.diffusion.forward import q_sample
 from course_lib.diffusion.schedules import make_schedule
 from course_lib.models.unet import UNet, UNetConfig
-from course_lib.core.utils import count_parameters, get_device, seed_everything
+from course_lib.worlds.mnist import MNIST5k
 
 seed_everything(0)
 device = get_device()
@@ -437,8 +421,8 @@ print(f"real test digits: mean confidence {real_probs.max(1).values.mean():.2f}"
 # returns the velocity the same prediction implies. (Hint: $\hat x_0$ first.)
 
 # %%
-from course_lib.diffusion.forward import predict_v
 from course_lib.core.exercises import check
+from course_lib.diffusion.forward import predict_v
 
 
 def v_from_eps(x_t, eps, t):

@@ -1,8 +1,6 @@
 # %% [markdown]
 # # 07 · PLMS and DPM-Solver: sampling in 20 steps instead of 1000
 #
-# {{COLAB_BADGE}}
-#
 # DDPM needs 1000 model calls per image; Stable Diffusion's samplers use 20 to 50. This notebook
 # shows why that works: deterministic sampling is solving an ordinary differential equation, and
 # better ODE solvers need fewer evaluations of the network. We derive the two families Stable
@@ -19,20 +17,6 @@
 #   calls" holds for the course's digit model.
 
 # %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
-
-# %%
 import json
 import math
 from pathlib import Path
@@ -41,9 +25,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from course_lib.core.plotting import show_images
+from course_lib.core.utils import get_device, seed_everything
 from course_lib.diffusion.samplers import dpm_solver_timesteps, make_timesteps, sample
 from course_lib.train.diffusion import load_diffusion_checkpoint
-from course_lib.core.utils import get_device, seed_everything
 
 seed_everything(0)
 device = get_device()
@@ -520,8 +504,8 @@ print(f"{'floor':17s}{floor['frechet']:10.1f};  1000-step DDPM {ddpm_1000['frech
 # %%
 import torch.nn.functional as F
 
-from course_lib.evaluate import metrics
 from course_lib.diffusion.forward import predict_x0
+from course_lib.evaluate import metrics
 from course_lib.worlds.mnist import MNIST5k
 
 

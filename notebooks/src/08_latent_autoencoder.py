@@ -1,8 +1,6 @@
 # %% [markdown]
 # # 08 · The latent autoencoder: why Stable Diffusion diffuses in a small space
 #
-# {{COLAB_BADGE}}
-#
 # Stable Diffusion does not denoise pixels. A **KL autoencoder** first squeezes each 512x512x3
 # image into a 64x64x4 **latent**, 48 times fewer numbers; the U-Net and the sampler work only
 # there, and the autoencoder's decoder turns the final latent into pixels once, at the end
@@ -23,20 +21,6 @@
 #   discriminator in SD is the one that helped train this autoencoder.
 
 # %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
-
-# %%
 import json
 import time
 
@@ -47,8 +31,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from course_lib.core.plotting import image_grid, plot_curves, show_images
-from course_lib.worlds.shapeworld import ShapeWorld
 from course_lib.core.utils import count_parameters, get_device, seed_everything
+from course_lib.worlds.shapeworld import ShapeWorld
 
 seed_everything(0)
 device = get_device()
@@ -92,7 +76,7 @@ for name, image, latent in [("Stable Diffusion 1.x/2.x", (3, 512, 512), (4, 64, 
 
 # %%
 from course_lib.models.unet import UNet, UNetConfig
-from course_lib.models.vae import AutoencoderConfig, AutoencoderKL
+from course_lib.models.vae import AutoencoderKL
 from course_lib.train.autoencoder import SHIPPED_VAE_CONFIG
 
 unet_pixel = UNet(UNetConfig(in_channels=3, out_channels=3, sample_size=32, block_out_channels=(32, 64, 64))).eval()

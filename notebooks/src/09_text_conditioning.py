@@ -1,8 +1,6 @@
 # %% [markdown]
 # # 09 · Text conditioning: how the prompt steers the image
 #
-# {{COLAB_BADGE}}
-#
 # So far our diffusion models drew *some* digit or *some* scene. Stable Diffusion draws the scene
 # you describe, and the way the words get in is simple: the U-Net's pixels **attend** to the text
 # encoder's token vectors (cross-attention), and at sampling time **classifier-free guidance**
@@ -23,20 +21,6 @@
 # - read a guidance-scale sweep: prompt adherence against diversity (recall) and Frechet distance.
 
 # %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
-
-# %%
 import json
 import math
 import warnings
@@ -48,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.core.plotting import show_captioned, show_images
+from course_lib.core.plotting import show_captioned
 from course_lib.core.utils import count_parameters, seed_everything
 
 seed_everything(0)
@@ -81,8 +65,7 @@ class CrossAttentionByHand(nn.Module):
     def forward(self, x, context):
         b, n, _ = x.shape
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)        # (B, N, h*d), (B, L, h*d)
-        split = lambda t: t.view(b, t.shape[1], self.heads, -1).transpose(1, 2)  # -> (B, h, N or L, d)
-        q, k, v = split(q), split(k), split(v)
+        q, k, v = (t.view(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))  # -> (B, h, N|L, d)
         weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)  # (B, h, N, L)
         out = (weights @ v).transpose(1, 2).reshape(b, n, -1)                 # (B, h, N, d) -> (B, N, h*d)
         return self.to_out[0](out)
@@ -143,7 +126,6 @@ class SpatialTransformerByHand(nn.Module):
 
 # %%
 # NBVAL_CHECK_OUTPUT
-import warnings
 
 from diffusers import Transformer2DModel
 
@@ -179,7 +161,7 @@ with torch.no_grad():
     expected = reference(x, encoder_hidden_states=context).sample
     for name, module in (("by hand", by_hand), ("course_lib", ours)):
         diff = (module(x, context) - expected).abs().max().item()
-        print(f"{name:10s} vs diffusers Transformer2DModel: max |difference| = {diff:.1e} -> equal: {diff < 1e-5}")
+        print(f"{name:10s} == diffusers Transformer2DModel (max |difference| < 1e-5): {diff < 1e-5}")
     moved = (ours(x, context + 1) - ours(x, context)).abs().max().item()
 print(f"changing the text changes the output: {moved > 1e-3}")
 
@@ -239,10 +221,10 @@ for name, part in (("the words' positions", slice(1, n - 1)), ("the padding posi
 
 # %%
 from course_lib.diffusion.schedules import make_schedule
-from course_lib.train.text_to_image import LatentCaptionData, TextConditioner, t2i_unet_config
-from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
 from course_lib.models.unet import UNet
 from course_lib.train.autoencoder import load_shipped_autoencoder
+from course_lib.train.diffusion import TrainingConfig, train_diffusion_model
+from course_lib.train.text_to_image import LatentCaptionData, TextConditioner, t2i_unet_config
 
 vae = load_shipped_autoencoder()
 text = TextConditioner(tokenizer, clip.text_encoder, mask_padding=True)   # frozen; caches each caption
@@ -273,8 +255,8 @@ print(f"60 steps: loss {first:.3f} -> {last:.3f} ({short.images_per_second:.0f} 
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.train.text_to_image import SHIPPED_T2I_UNET
 from course_lib.train.diffusion import load_diffusion_checkpoint
+from course_lib.train.text_to_image import SHIPPED_T2I_UNET
 
 shipped = load_diffusion_checkpoint(SHIPPED_T2I_UNET)
 m = shipped.meta["metrics"]
@@ -302,10 +284,10 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.models.attention import BasicTransformerBlock
 from course_lib.diffusion.forward import q_sample
-from course_lib.pipeline.text_to_image import TextToImagePipeline
 from course_lib.evaluate.prompt_eval import evaluate_prompts
+from course_lib.models.attention import BasicTransformerBlock
+from course_lib.pipeline.text_to_image import TextToImagePipeline
 
 first_model = load_diffusion_checkpoint("shapeworld_t2i_unet_77")
 

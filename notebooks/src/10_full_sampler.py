@@ -1,8 +1,6 @@
 # %% [markdown]
 # # 10 · The full sampler: prompt to image with every part built in this course
 #
-# {{COLAB_BADGE}}
-#
 # This is where the course becomes Stable Diffusion. Every box of the pipeline drawn in notebook 00
 # now exists, built by hand and kept in `course_lib`:
 #
@@ -21,20 +19,6 @@
 # - use the interactive generator and the command line `python -m course_lib.generate`;
 # - measure a text-to-image model's prompt adherence per GenEval category on seen and on held-out
 #   combinations, and its Frechet distance, and say where it falls short.
-
-# %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
 
 # %%
 import json
@@ -66,12 +50,12 @@ print("torch", torch.__version__, "| device:", device)
 # shipped U-Net was trained to read only those (notebook 09, section 3).
 
 # %%
-from course_lib.train.clip import load_shipped_clip
 from course_lib.diffusion.guidance import guided_model_fn
 from course_lib.diffusion.samplers import sample
-from course_lib.train.text_to_image import SHIPPED_T2I_UNET
-from course_lib.train.diffusion import load_diffusion_checkpoint
 from course_lib.train.autoencoder import load_shipped_autoencoder
+from course_lib.train.clip import load_shipped_clip
+from course_lib.train.diffusion import load_diffusion_checkpoint
+from course_lib.train.text_to_image import SHIPPED_T2I_UNET
 
 tokenizer, clip = load_shipped_clip()
 text_encoder = clip.text_encoder
@@ -108,9 +92,11 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.pipeline.text_to_image import TextToImagePipeline, load_shipped_pipeline
+from course_lib.pipeline import TextToImagePipeline
+from course_lib.pipeline.shipped import load_shipped_pipeline
 
 pipe = load_shipped_pipeline(device=device)
+assert isinstance(pipe, TextToImagePipeline)
 out = pipe(prompts, steps=20, guidance_scale=4.0, seed=0, show_progress=False)
 print("pipeline == by hand:", torch.allclose(out.images, images, atol=1e-6),
       f"| {out.model_calls} U-Net calls (each a batch of {2 * len(prompts)}: prompt + empty prompt)")

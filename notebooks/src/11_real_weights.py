@@ -1,7 +1,10 @@
+# ---
+# jupyter:
+#   colab_extras: reference
+# ---
+
 # %% [markdown]
 # # 11 · Real weights: the course's code runs Stable Diffusion's public checkpoints
-#
-# {{COLAB_BADGE}}
 #
 # Every part of the text-to-image sampler of notebook 10 was built in this course: the tokenizer and
 # text encoder (04), the U-Net (03), the samplers (06, 07), the autoencoder (08) and guidance (09).
@@ -29,21 +32,6 @@
 #   does not fit.
 
 # %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    # [reference] adds diffusers and transformers, which this notebook compares against
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course[reference]"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
-
-# %%
 import json
 import os
 import shutil
@@ -56,6 +44,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+from course_lib.core.plotting import show_images
+from course_lib.core.utils import count_parameters, get_device, seed_everything
+from course_lib.diffusion.guidance import apply_style
 from course_lib.pipeline.convert import (
     CheckpointError,
     download_pipeline,
@@ -67,9 +58,6 @@ from course_lib.pipeline.convert import (
     unet_config_from_diffusers,
     vae_config_from_diffusers,
 )
-from course_lib.diffusion.guidance import apply_style
-from course_lib.core.plotting import show_images
-from course_lib.core.utils import count_parameters, get_device, seed_everything
 
 seed_everything(0)
 # The public model to download on Colab. Stability AI took the SD 2 repositories off the Hub in
@@ -424,6 +412,7 @@ plt.show()
 # Each picture below comes from the same seed in both pipelines, with DPM-Solver++(2M) at 20 steps.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 article = []
 for i, (prompt, style) in enumerate(PROMPTS):
     ours = pipe(prompt, style=style, seed=SEED + i, sampler="dpm-solver++", steps=STEPS, guidance_scale=GUIDANCE,
@@ -457,7 +446,7 @@ plt.show()
 # fewer parameters than SD 2's (sections 1 and 4).
 
 # %%
-del reference                                      # make room on a small GPU for a second course pipeline
+reference = None                                   # make room on a small GPU for a second course pipeline
 if HAS_GPU:
     torch.cuda.empty_cache()
 pipe_bf16 = load_diffusers_pipeline(folder, use_bf16=True, device=device)

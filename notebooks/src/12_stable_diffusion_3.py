@@ -1,7 +1,10 @@
+# ---
+# jupyter:
+#   colab_extras: reference
+# ---
+
 # %% [markdown]
 # # 12 · What Stable Diffusion 3 changed: rectified flow and a diffusion transformer
-#
-# {{COLAB_BADGE}}
 #
 # Stable Diffusion 3 (Esser et al. 2024, "Scaling Rectified Flow Transformers for High-Resolution
 # Image Synthesis") kept the latent autoencoder, the text encoders' role and classifier-free
@@ -38,21 +41,6 @@
 # - run a rectified-flow model through the same pipeline, config file and command line.
 
 # %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    # [reference] adds diffusers and transformers, which this notebook compares against
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course[reference]"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
-
-# %%
 import json
 import subprocess
 import sys
@@ -62,10 +50,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from course_lib.pipeline.config import build_from_config
-from course_lib.models.mmdit import JointAttention, MMDiT, MMDiTConfig, patchify, unpatchify
-from course_lib.pipeline.text_to_image import load_shipped_pipeline
 from course_lib.core.plotting import show_captioned
+from course_lib.core.utils import count_parameters, seed_everything
 from course_lib.diffusion.rectified_flow import (
     FlowMatchSchedule,
     flow_interpolate,
@@ -77,10 +63,12 @@ from course_lib.diffusion.rectified_flow import (
 )
 from course_lib.diffusion.samplers import sample
 from course_lib.diffusion.schedules import make_schedule
-from course_lib.worlds.toy2d import grid_of_gaussians, score_modes
-from course_lib.train.toy_diffusion import TOY_DENOISER, MLPDenoiser, toy_schedule
+from course_lib.models.mmdit import JointAttention, MMDiT, MMDiTConfig, patchify, unpatchify
+from course_lib.pipeline.config import build_from_config
+from course_lib.pipeline.shipped import load_shipped_pipeline
 from course_lib.train.diffusion import TrainingConfig, load_diffusion_checkpoint, train_diffusion_model
-from course_lib.core.utils import count_parameters, seed_everything
+from course_lib.train.toy_diffusion import TOY_DENOISER, MLPDenoiser, toy_schedule
+from course_lib.worlds.toy2d import grid_of_gaussians, score_modes
 
 seed_everything(0)
 ROOT = Path("..").resolve()
@@ -513,8 +501,8 @@ plt.show()
 # captions, no guidance.
 
 # %%
-from course_lib.worlds.shapeworld import ShapeWorld
 from course_lib.train.autoencoder import encode_latents
+from course_lib.worlds.shapeworld import ShapeWorld
 
 scenes = ShapeWorld().sample(256, seed=777, split="train")
 with torch.no_grad():

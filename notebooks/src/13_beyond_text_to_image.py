@@ -1,8 +1,6 @@
 # %% [markdown]
 # # 13 · Beyond text to image: img2img, inpainting and LoRA
 #
-# {{COLAB_BADGE}}
-#
 # People who use Stable Diffusion spend much of their time editing, not only generating. Three
 # tools cover most of it, and each is a small change to the pipeline of notebook 10:
 #
@@ -29,20 +27,6 @@
 # - run each of these from the command line (`--init-image`, `--strength`, `--mask`, `--lora`).
 
 # %%
-# Setup: on Google Colab, fetch the course and install what Colab lacks; elsewhere this does nothing.
-import sys
-
-if "google.colab" in sys.modules:
-    import os
-    import subprocess
-
-    if not os.path.isdir("/content/course"):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "{{REPO_URL}}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
-    sys.path.insert(0, "/content/course")
-    os.chdir("/content/course/notebooks")
-
-# %%
 import json
 import random
 import subprocess
@@ -54,15 +38,16 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from course_lib.evaluate.adherence import score_adherence
+from course_lib.core.plotting import show_captioned
+from course_lib.core.utils import seed_everything
 from course_lib.diffusion.forward import q_sample
 from course_lib.diffusion.guidance import guided_model_fn
-from course_lib.pipeline.text_to_image import GenerationSettings, img2img_steps, load_image, load_shipped_pipeline
-from course_lib.core.plotting import show_captioned
-from course_lib.evaluate.prompt_eval import evaluate_prompts
 from course_lib.diffusion.samplers import sample, sampler_timesteps
+from course_lib.evaluate.adherence import score_adherence
+from course_lib.evaluate.prompt_eval import evaluate_prompts
+from course_lib.pipeline.shipped import load_shipped_pipeline
+from course_lib.pipeline.text_to_image import GenerationSettings, img2img_steps, load_image
 from course_lib.worlds.shapeworld import COLOR_NAMES, RELATIONS, SHAPES, ShapeWorld, is_held_out, pair_caption
-from course_lib.core.utils import seed_everything
 
 seed_everything(0)
 pipe = load_shipped_pipeline()
@@ -294,8 +279,9 @@ print(f"the judge finds the new caption wholly true for {inpainted:.2f} of the {
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from course_lib.models.lora import (LoRALinear, add_lora, apply_lora, concept_adherence, count_lora_parameters,
-                             lora_layers, merge_lora, unmerge_lora)
+from course_lib.evaluate.concept_eval import concept_adherence
+from course_lib.models.lora import LoRALinear, add_lora, count_lora_parameters, lora_layers, merge_lora, unmerge_lora
+from course_lib.pipeline.lora import apply_lora
 
 torch.manual_seed(0)
 base = torch.nn.Linear(64, 32)
