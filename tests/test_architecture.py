@@ -11,6 +11,7 @@ The tools are the pinned ones of requirements.txt, run from the environment that
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -67,6 +68,34 @@ def test_converter_modules_that_import_reference_libraries_are_named_in_the_cont
                if f"{module} -> {package}" not in allowed]
     assert not missing, ("converter modules import reference libraries; add to the ignore_imports of the "
                          "diffusers/transformers contract in pyproject.toml: " + ", ".join(f'"{m}"' for m in missing))
+
+
+# The prefixes of public state-dict keys (transformers' CLIP, diffusers' U-Net/VAE, SD's original checkpoints).
+PUBLIC_KEY = re.compile(r"text_model\.|vision_model\.|down_blocks\.|up_blocks\.|mid_block\.|transformer_blocks\.|"
+                        r"model\.diffusion_model|first_stage_model|cond_stage_model|encoder\.layers\.|"
+                        r"embeddings\.token_embedding|final_layer_norm\.")
+CONVERTER = LIBRARY / "pipeline" / "convert"
+
+
+def _strings_outside_docstrings(tree: ast.Module) -> list[ast.Constant]:
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings]
+
+
+def test_only_the_converter_maps_public_weight_names():
+    """A string naming a public checkpoint's keys (``text_model.``, ``down_blocks.`` ...) is a rule for renaming
+    public weights: those live in course_lib/pipeline/convert/ and nowhere else. (The networks use SD's names
+    as attribute names, which needs no string.)"""
+    found = [f"{path.relative_to(ROOT)}:{node.lineno}: {node.value[:60]!r}"
+             for path in sorted(LIBRARY.rglob("*.py")) if CONVERTER not in path.parents
+             for node in _strings_outside_docstrings(ast.parse(path.read_text())) if PUBLIC_KEY.search(node.value)]
+    assert not found, "public weight names mapped outside course_lib/pipeline/convert/:\n" + "\n".join(found)
+    inside = [node for path in CONVERTER.rglob("*.py")
+              for node in _strings_outside_docstrings(ast.parse(path.read_text())) if PUBLIC_KEY.search(node.value)]
+    assert inside, "the check found no public key names in the converter either: has PUBLIC_KEY gone stale?"
 
 
 def test_no_library_module_is_longer_than_the_limit():
