@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import hashlib
 import json
 import os
@@ -287,8 +288,16 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
 
 
 def shutdown_distributed(ctx: DistributedContext | None = None) -> None:
-    """Leave the process group (if any). Call it at the end of a script run under torchrun."""
+    """Leave the process group (if any). Call it at the end of a script run under torchrun.
+
+    First the garbage collector frees what finished runs may still hold in reference cycles (a
+    DistributedDataParallel wrapper destroyed after the group is gone can abort the process: "terminate
+    called without an active exception", seen in 1 of 10 GAN runs under torchrun on two busy cores, 0 of
+    16 with this), then every process waits for the others, so that none leaves the group while another
+    still uses it."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
