@@ -28,7 +28,7 @@ from course_lib.worlds.shapeworld import ShapeWorld
 
 __all__ = ["EVAL_SEED", "PromptEvaluation", "TextToImageModel", "evaluate_prompts"]
 
-EVAL_SEED = 4242  # far from the training seeds (text_to_image_training.TRAIN_SEED)
+EVAL_SEED = 4242  # far from the training seeds (course_lib.train.text_to_image.TRAIN_SEED)
 
 
 class TextToImageModel(Protocol):
